@@ -1,0 +1,39 @@
+# bai-s3 — the two commands that matter: `make run` and `make test` (see README.md).
+SHELL := /bin/bash
+CARGO ?= cargo
+PREFIX ?= /usr/local
+
+.PHONY: build run test lint plugin install bench clean
+
+build:
+	$(CARGO) build --release --locked
+
+## Install what is missing, start a local SeaweedFS as the `default` backend and the daemon on
+## the legacy socket, so that `docker volume create -d bai-s3 -o bucket=demo v` works at once.
+run: build
+	scripts/deps.sh
+	scripts/run-local.sh
+
+## The whole test suite: unit tests, the real daemon against real s3fs and SeaweedFS, and the
+## end-to-end tests against a real Docker engine (required under CI=true).
+test:
+	scripts/test.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets --locked -- -D warnings
+
+## Build the managed plugin into build/plugin and `docker plugin create` it (name: bai-s3).
+plugin: build
+	plugin/build.sh
+
+## Legacy (non-managed) install: binary, systemd unit, example backends file.
+install: build
+	install -D -m 0755 target/release/bai-s3 $(DESTDIR)$(PREFIX)/bin/bai-s3
+	install -D -m 0644 plugin/bai-s3.service $(DESTDIR)/etc/systemd/system/bai-s3.service
+	install -d -m 0700 $(DESTDIR)/etc/bai-s3
+	[ -e $(DESTDIR)/etc/bai-s3/backends.toml ] || install -m 0600 plugin/backends.toml.example $(DESTDIR)/etc/bai-s3/backends.toml
+
+clean:
+	$(CARGO) clean
+	rm -rf build

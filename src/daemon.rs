@@ -1,0 +1,104 @@
+//! Putting the daemon together: logging, the pieces of the driver, the socket first and the
+//! restore after, then serving until SIGTERM.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tracing_subscriber::EnvFilter;
+
+use crate::backends::Backends;
+use crate::cli::{LogFormat, ServeArgs};
+use crate::driver::{Driver, Settings};
+use crate::mounter::s3fs::{S3fsConfig, S3fsMounter};
+use crate::s3check::S3Checker;
+use crate::state::Store;
+
+/// Set up logging to stderr. A bad `--log-level` is an error, not a silent default.
+pub fn init_logging(level: &str, format: LogFormat) -> Result<(), String> {
+    let filter = EnvFilter::try_new(level).map_err(|e| {
+        format!("invalid --log-level {level:?}: {e} (use error, warn, info, debug or trace)")
+    })?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.with_ansi(false).init(),
+    }
+    Ok(())
+}
+
+/// Run `bai-s3 serve` until SIGTERM or SIGINT.
+pub async fn serve(args: ServeArgs) -> Result<(), String> {
+    let (store, report) = Store::open(&args.state_dir)
+        .map_err(|e| format!("cannot open state folder {}: {e}", args.state_dir.display()))?;
+    if !report.problems.is_empty() {
+        tracing::error!(
+            problems = report.problems.len(),
+            "state file was damaged; see the lines above"
+        );
+    }
+    std::fs::create_dir_all(&args.mount_root).map_err(|e| {
+        format!(
+            "cannot create mount root {}: {e}",
+            args.mount_root.display()
+        )
+    })?;
+    let backends = Backends::open(&args.config);
+    let mounter = S3fsMounter::new(S3fsConfig {
+        mount_root: args.mount_root.clone(),
+        state_dir: args.state_dir.clone(),
+        mount_timeout: Duration::from_secs(args.mount_timeout),
+        program: args.s3fs.clone(),
+    });
+    let checker = Box::new(S3Checker {
+        timeout: Duration::from_secs(args.check_timeout),
+    });
+    let driver = Driver::new(
+        mounter,
+        checker,
+        backends,
+        store,
+        Settings {
+            mount_root: args.mount_root.clone(),
+            unmount_delay: Duration::from_secs(args.unmount_delay),
+        },
+    );
+    if let Some(p) = driver.backends_problem() {
+        tracing::warn!(problem = %p, "no usable backends file yet; Create and Mount will fail until it is fixed");
+    }
+
+    // Listen first: dockerd gives a plugin about 10 s to answer, and restoring mounts may
+    // take longer than that.
+    let listener = crate::server::bind(&args.socket)
+        .map_err(|e| format!("cannot listen on {}: {e}", args.socket.display()))?;
+    tracing::info!(socket = %args.socket.display(), version = env!("CARGO_PKG_VERSION"), "bai-s3 listening");
+
+    let d = Arc::clone(&driver);
+    tokio::spawn(async move { d.restore().await });
+    let d = Arc::clone(&driver);
+    let interval = Duration::from_secs(args.health_interval);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            d.check_health().await;
+        }
+    });
+
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    };
+    crate::server::serve(listener, Arc::clone(&driver), shutdown).await;
+    driver.shutdown().await;
+    let _ = std::fs::remove_file(&args.socket);
+    tracing::info!("stopped; mounts in use are left in place");
+    Ok(())
+}

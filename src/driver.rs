@@ -1,0 +1,586 @@
+//! The volume driver: the volume table, holder counts and their persistence, between the
+//! protocol (which calls it) and the mounter (which it calls).
+//!
+//! Invariants:
+//! - A volume is mounted exactly while some caller ID holds it (or during `--unmount-delay`
+//!   after the last one left); one mount per volume however many holders.
+//! - Calls on one volume are serialised by that volume's lock; different volumes never wait
+//!   for each other. Get and List read a snapshot and never wait for a lock or the network.
+//! - Every change is written to the state file before it is acknowledged; when writing fails,
+//!   the change is rolled back and the caller gets an error.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use dashmap::DashMap;
+use serde_json::{json, Map, Value};
+use tokio::sync::watch;
+
+use crate::backends::Backends;
+use crate::error::{Error, Result};
+use crate::mounter::{Health, MountSpec, Mounter};
+use crate::options::{validate_volume_name, VolumeOptions};
+use crate::s3check::BucketChecker;
+use crate::state::{Store, VolumeRecord};
+
+/// Settings of the driver that come from the daemon's flags.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub mount_root: PathBuf,
+    pub unmount_delay: Duration,
+}
+
+/// What Get and List show of one volume.
+#[derive(Debug, Clone)]
+pub struct VolumeInfo {
+    pub name: String,
+    /// Empty when not mounted.
+    pub mountpoint: String,
+    pub created_at: String,
+    pub status: Map<String, Value>,
+}
+
+/// The part of a volume that changes, guarded by the volume's lock.
+#[derive(Debug, Default)]
+struct VolState {
+    holders: BTreeMap<String, u64>,
+    mounted: bool,
+    removed: bool,
+    /// The last failed mount attempt: its number and message, shared with the callers that
+    /// waited for it.
+    last_failure: Option<(u64, String)>,
+    /// Bumped whenever a holder arrives, cancelling a pending delayed unmount.
+    release_gen: u64,
+}
+
+/// A copy of the volume's state for Get/List, updated under the volume's lock.
+#[derive(Debug, Clone)]
+struct View {
+    holders: u64,
+    mounted: bool,
+    since: SystemTime,
+    last_error: Option<String>,
+}
+
+struct Volume {
+    name: String,
+    options: VolumeOptions,
+    created_at: String,
+    target: PathBuf,
+    state: tokio::sync::Mutex<VolState>,
+    view: Mutex<View>,
+    /// Number of mount attempts finished; a caller that saw N before waiting for the lock and
+    /// finds failure number N+1 waited for that attempt, and shares its outcome.
+    attempts: AtomicU64,
+}
+
+impl Volume {
+    fn new(name: &str, options: VolumeOptions, created_at: String, root: &Path) -> Self {
+        Volume {
+            name: name.to_string(),
+            options,
+            created_at,
+            target: root.join(name),
+            state: tokio::sync::Mutex::new(VolState::default()),
+            view: Mutex::new(View {
+                holders: 0,
+                mounted: false,
+                since: SystemTime::now(),
+                last_error: None,
+            }),
+            attempts: AtomicU64::new(0),
+        }
+    }
+
+    fn record(&self, st: &VolState) -> VolumeRecord {
+        VolumeRecord {
+            options: self.options.to_map(),
+            created_at: self.created_at.clone(),
+            holders: st.holders.clone(),
+        }
+    }
+
+    fn publish(&self, st: &VolState) {
+        let mut v = self.view.lock().unwrap_or_else(|e| e.into_inner());
+        if v.mounted != st.mounted {
+            v.since = SystemTime::now();
+        }
+        v.holders = st.holders.values().sum();
+        v.mounted = st.mounted;
+        v.last_error = st.last_failure.as_ref().map(|(_, m)| m.clone());
+    }
+}
+
+/// The driver. Shared as `Arc<Driver<M>>` by the server, the restore and the health tasks.
+pub struct Driver<M: Mounter> {
+    mounter: M,
+    checker: Box<dyn BucketChecker>,
+    backends: Backends,
+    store: Store,
+    volumes: DashMap<String, Arc<Volume>>,
+    /// Serialises Create's check-then-insert of one name against another Create.
+    create_lock: tokio::sync::Mutex<()>,
+    settings: Settings,
+    /// Closed until restore at start-up has finished: Mount, Unmount and Remove wait for it.
+    restored: watch::Receiver<bool>,
+    restored_tx: watch::Sender<bool>,
+    shutting_down: AtomicBool,
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+impl<M: Mounter> Driver<M> {
+    /// Build the driver from the persisted state. Records whose options no longer parse are
+    /// kept in the file and reported, never dropped.
+    pub fn new(
+        mounter: M,
+        checker: Box<dyn BucketChecker>,
+        backends: Backends,
+        store: Store,
+        settings: Settings,
+    ) -> Arc<Self> {
+        let volumes = DashMap::new();
+        let config = backends.path().display().to_string();
+        for (name, rec) in store.records() {
+            match VolumeOptions::parse(&name, &rec.options, &config) {
+                Ok(options) => {
+                    let v =
+                        Volume::new(&name, options, rec.created_at.clone(), &settings.mount_root);
+                    {
+                        let mut st = v.state.try_lock().expect("new volume is unlocked");
+                        st.holders = rec.holders.clone();
+                        v.publish(&st);
+                    }
+                    volumes.insert(name, Arc::new(v));
+                }
+                Err(e) => {
+                    tracing::error!(volume = %name, error = %e, "volume in the state file has options this version refuses; it is kept in the file but not served")
+                }
+            }
+        }
+        let (restored_tx, restored) = watch::channel(false);
+        Arc::new(Driver {
+            mounter,
+            checker,
+            backends,
+            store,
+            volumes,
+            create_lock: tokio::sync::Mutex::new(()),
+            settings,
+            restored,
+            restored_tx,
+            shutting_down: AtomicBool::new(false),
+        })
+    }
+
+    fn volume(&self, name: &str) -> Result<Arc<Volume>> {
+        self.volumes
+            .get(name)
+            .map(|v| v.clone())
+            .ok_or_else(|| Error::NoSuchVolume(name.to_string()))
+    }
+
+    async fn wait_restored(&self) -> Result<()> {
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err(Error::ShuttingDown);
+        }
+        let mut rx = self.restored.clone();
+        let _ = rx.wait_for(|done| *done).await;
+        Ok(())
+    }
+
+    fn persist(&self, name: &str, record: Option<VolumeRecord>, durable: bool) -> Result<()> {
+        self.store
+            .update(name, record, durable)
+            .map_err(|source| Error::Persist {
+                path: self.store.path().display().to_string(),
+                source,
+            })
+    }
+
+    fn spec(&self, vol: &Volume) -> Result<MountSpec> {
+        let backends = self.backends.current();
+        let backend =
+            backends
+                .get(&vol.options.backend)
+                .cloned()
+                .ok_or_else(|| Error::UnknownBackend {
+                    name: vol.options.backend.clone(),
+                    path: self.backends.path().display().to_string(),
+                    known: backends.keys().cloned().collect(),
+                })?;
+        Ok(MountSpec {
+            volume: vol.name.clone(),
+            options: vol.options.clone(),
+            backend,
+            target: vol.target.clone(),
+        })
+    }
+
+    /// `/VolumeDriver.Create`: validate, check the bucket, register. Idempotent for the same
+    /// options; refused for different ones.
+    pub async fn create(&self, name: &str, opts: &BTreeMap<String, String>) -> Result<()> {
+        validate_volume_name(name)?;
+        let config = self.backends.path().display().to_string();
+        let options = VolumeOptions::parse(name, opts, &config)?;
+        if let Some(existing) = self.volumes.get(name).map(|v| v.clone()) {
+            return same_or_conflict(&existing, &options);
+        }
+        let backends = self.backends.current();
+        let backend = backends
+            .get(&options.backend)
+            .ok_or_else(|| Error::UnknownBackend {
+                name: options.backend.clone(),
+                path: config.clone(),
+                known: backends.keys().cloned().collect(),
+            })?;
+        self.checker
+            .check(
+                &options.backend,
+                backend,
+                &options.bucket,
+                options.create_bucket,
+            )
+            .await
+            .map_err(Error::Bucket)?;
+
+        let _guard = self.create_lock.lock().await;
+        if let Some(existing) = self.volumes.get(name).map(|v| v.clone()) {
+            return same_or_conflict(&existing, &options);
+        }
+        let vol = Volume::new(
+            name,
+            options,
+            rfc3339(SystemTime::now()),
+            &self.settings.mount_root,
+        );
+        let rec = vol.record(&VolState::default());
+        self.persist(name, Some(rec), true)?;
+        self.volumes.insert(name.to_string(), Arc::new(vol));
+        Ok(())
+    }
+
+    /// `/VolumeDriver.Remove`: deregister; the bucket and its objects are never touched.
+    pub async fn remove(&self, name: &str) -> Result<()> {
+        self.wait_restored().await?;
+        let vol = self.volume(name)?;
+        let mut st = vol.state.lock().await;
+        if st.removed {
+            return Err(Error::NoSuchVolume(name.to_string()));
+        }
+        let holders: u64 = st.holders.values().sum();
+        if holders > 0 {
+            return Err(Error::InUse {
+                name: name.to_string(),
+                holders,
+            });
+        }
+        self.persist(name, None, true)?;
+        if st.mounted {
+            // A delayed unmount was pending: Remove ends the wait.
+            self.unmount_now(&vol, &mut st).await;
+        }
+        st.removed = true;
+        self.volumes.remove(name);
+        Ok(())
+    }
+
+    /// `/VolumeDriver.Mount`: count the holder; the first one mounts. Concurrent first Mounts
+    /// share one attempt and its outcome.
+    pub async fn mount(self: &Arc<Self>, name: &str, id: &str) -> Result<PathBuf> {
+        self.wait_restored().await?;
+        let vol = self.volume(name)?;
+        let seen = vol.attempts.load(Ordering::Acquire);
+        let mut st = vol.state.lock().await;
+        if st.removed {
+            return Err(Error::NoSuchVolume(name.to_string()));
+        }
+        if st.mounted && self.mounter.health(&vol.target) == Health::Stale {
+            tracing::warn!(
+                volume = name,
+                "mount is stale (its s3fs is gone); mounting again"
+            );
+            self.unmount_now(&vol, &mut st).await;
+        }
+        let mounted_here = !st.mounted;
+        if mounted_here {
+            if let Some((n, msg)) = &st.last_failure {
+                if *n > seen {
+                    return Err(Error::Mount {
+                        name: name.to_string(),
+                        message: msg.clone(),
+                    });
+                }
+            }
+            self.mount_now(&vol, &mut st).await?;
+        }
+        *st.holders.entry(id.to_string()).or_insert(0) += 1;
+        st.release_gen += 1;
+        if let Err(e) = self.persist(name, Some(vol.record(&st)), false) {
+            decrement(&mut st.holders, id);
+            if mounted_here {
+                self.unmount_now(&vol, &mut st).await;
+            }
+            vol.publish(&st);
+            return Err(e);
+        }
+        vol.publish(&st);
+        Ok(vol.target.clone())
+    }
+
+    async fn mount_now(&self, vol: &Volume, st: &mut VolState) -> Result<()> {
+        let result = match self.spec(vol) {
+            Ok(spec) => self.mounter.mount(&spec).await.map_err(|e| Error::Mount {
+                name: vol.name.clone(),
+                message: e.0,
+            }),
+            Err(e) => Err(e),
+        };
+        let attempt = vol.attempts.fetch_add(1, Ordering::AcqRel) + 1;
+        match &result {
+            Ok(()) => {
+                st.mounted = true;
+                st.last_failure = None;
+                tracing::info!(volume = %vol.name, target = %vol.target.display(), "mounted");
+            }
+            Err(e) => {
+                st.last_failure = Some((attempt, e.to_string()));
+                tracing::warn!(volume = %vol.name, error = %e, "mount failed");
+            }
+        }
+        vol.publish(st);
+        result
+    }
+
+    async fn unmount_now(&self, vol: &Volume, st: &mut VolState) {
+        if let Err(e) = self.mounter.unmount(&vol.target).await {
+            tracing::warn!(volume = %vol.name, error = %e, "unmount");
+        }
+        st.mounted = false;
+        tracing::info!(volume = %vol.name, "unmounted");
+        vol.publish(st);
+    }
+
+    /// `/VolumeDriver.Unmount`: uncount one Mount of `id`; the last holder unmounts (after
+    /// `--unmount-delay`). An unknown ID or volume is a success that changes nothing: Docker
+    /// may repeat Unmounts after its own crash.
+    pub async fn unmount(self: &Arc<Self>, name: &str, id: &str) -> Result<()> {
+        self.wait_restored().await?;
+        let Ok(vol) = self.volume(name) else {
+            tracing::info!(
+                volume = name,
+                id,
+                "unmount of an unknown volume: nothing to do"
+            );
+            return Ok(());
+        };
+        let mut st = vol.state.lock().await;
+        if st.removed || !st.holders.contains_key(id) {
+            tracing::info!(
+                volume = name,
+                id,
+                "unmount by an ID that holds nothing: nothing to do"
+            );
+            return Ok(());
+        }
+        decrement(&mut st.holders, id);
+        if let Err(e) = self.persist(name, Some(vol.record(&st)), false) {
+            *st.holders.entry(id.to_string()).or_insert(0) += 1;
+            return Err(e);
+        }
+        if st.holders.is_empty() && st.mounted {
+            let delay = self.settings.unmount_delay;
+            if delay.is_zero() || self.shutting_down.load(Ordering::Acquire) {
+                self.unmount_now(&vol, &mut st).await;
+            } else {
+                let gen = st.release_gen;
+                let me = Arc::clone(self);
+                let v = Arc::clone(&vol);
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let mut st = v.state.lock().await;
+                    if st.release_gen == gen && st.holders.is_empty() && st.mounted && !st.removed {
+                        me.unmount_now(&v, &mut st).await;
+                    }
+                });
+            }
+        }
+        vol.publish(&st);
+        Ok(())
+    }
+
+    /// `/VolumeDriver.Path`: the mount point while mounted, else empty.
+    pub fn path(&self, name: &str) -> Result<String> {
+        let vol = self.volume(name)?;
+        let view = vol.view.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Ok(if view.mounted {
+            vol.target.display().to_string()
+        } else {
+            String::new()
+        })
+    }
+
+    /// `/VolumeDriver.Get`: from memory, whether or not the object store answers.
+    pub fn get(&self, name: &str) -> Result<VolumeInfo> {
+        let vol = self.volume(name)?;
+        Ok(self.info(&vol))
+    }
+
+    /// `/VolumeDriver.List`, sorted by name.
+    pub fn list(&self) -> Vec<VolumeInfo> {
+        let mut v: Vec<VolumeInfo> = self.volumes.iter().map(|e| self.info(e.value())).collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    fn info(&self, vol: &Volume) -> VolumeInfo {
+        let view = vol.view.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let health = if view.mounted {
+            match self.mounter.health(&vol.target) {
+                Health::Ok => Health::Ok,
+                _ => Health::Stale,
+            }
+        } else {
+            Health::NotMounted
+        };
+        let o = &vol.options;
+        let mut status = Map::new();
+        status.insert("backend".into(), json!(o.backend));
+        status.insert("bucket".into(), json!(o.bucket));
+        if let Some(p) = &o.prefix {
+            status.insert("prefix".into(), json!(p));
+        }
+        status.insert("ro".into(), json!(o.ro));
+        status.insert("uid".into(), json!(o.uid));
+        status.insert("gid".into(), json!(o.gid));
+        status.insert("umask".into(), json!(format!("{:03o}", o.umask)));
+        status.insert("mounted".into(), json!(view.mounted));
+        status.insert("holders".into(), json!(view.holders));
+        status.insert("health".into(), json!(health.as_str()));
+        status.insert("since".into(), json!(rfc3339(view.since)));
+        if let Some(e) = view.last_error {
+            status.insert("last-error".into(), json!(e));
+        }
+        VolumeInfo {
+            name: vol.name.clone(),
+            mountpoint: if view.mounted {
+                vol.target.display().to_string()
+            } else {
+                String::new()
+            },
+            created_at: vol.created_at.clone(),
+            status,
+        }
+    }
+
+    /// After a start: re-adopt live mounts of held volumes, clear what earlier runs left, then
+    /// mount again what should be mounted but is not. Runs in the background while the socket
+    /// already answers; Mount, Unmount and Remove wait for it.
+    pub async fn restore(self: &Arc<Self>) {
+        let vols: Vec<Arc<Volume>> = self.volumes.iter().map(|e| e.value().clone()).collect();
+        let mut to_mount = Vec::new();
+        for vol in &vols {
+            let mut st = vol.state.lock().await;
+            if st.holders.is_empty() {
+                continue;
+            }
+            match self.spec(vol) {
+                Ok(spec) if self.mounter.adopt(&spec).await => {
+                    st.mounted = true;
+                    vol.publish(&st);
+                }
+                _ => to_mount.push(vol.clone()),
+            }
+        }
+        let keep: Vec<PathBuf> = {
+            let mut keep = Vec::new();
+            for vol in &vols {
+                if vol.state.lock().await.mounted {
+                    keep.push(vol.target.clone());
+                }
+            }
+            keep
+        };
+        self.mounter.sweep(&keep).await;
+        let mut tasks = tokio::task::JoinSet::new();
+        for vol in to_mount {
+            let me = Arc::clone(self);
+            tasks.spawn(async move {
+                let mut st = vol.state.lock().await;
+                if let Err(e) = me.mount_now(&vol, &mut st).await {
+                    tracing::error!(volume = %vol.name, error = %e, "could not restore the mount of a held volume; the next Mount tries again");
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        let _ = self.restored_tx.send(true);
+        tracing::info!(volumes = vols.len(), "restore finished");
+    }
+
+    /// One round of the periodic health check: a held volume whose mount died is mounted
+    /// again, so that the next container gets a working mount.
+    pub async fn check_health(self: &Arc<Self>) {
+        let vols: Vec<Arc<Volume>> = self.volumes.iter().map(|e| e.value().clone()).collect();
+        for vol in vols {
+            let mounted = vol.view.lock().unwrap_or_else(|e| e.into_inner()).mounted;
+            if !mounted || self.mounter.probe(&vol.target).await != Health::Stale {
+                continue;
+            }
+            let mut st = vol.state.lock().await;
+            if !st.mounted || st.removed {
+                continue;
+            }
+            tracing::warn!(volume = %vol.name, "health check: mount is stale; mounting again");
+            self.unmount_now(&vol, &mut st).await;
+            if !st.holders.is_empty() {
+                let _ = self.mount_now(&vol, &mut st).await;
+            }
+        }
+    }
+
+    /// On SIGTERM: refuse new Mounts, and end pending delayed unmounts now. Mounts that
+    /// containers hold are left alone.
+    pub async fn shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        let vols: Vec<Arc<Volume>> = self.volumes.iter().map(|e| e.value().clone()).collect();
+        for vol in vols {
+            let mut st = vol.state.lock().await;
+            if st.mounted && st.holders.is_empty() {
+                self.unmount_now(&vol, &mut st).await;
+            }
+        }
+    }
+
+    /// Why the backends file on disk is not in use, if it is not (for the start-up log).
+    pub fn backends_problem(&self) -> Option<String> {
+        self.backends.problem()
+    }
+}
+
+fn decrement(holders: &mut BTreeMap<String, u64>, id: &str) {
+    if let Some(n) = holders.get_mut(id) {
+        *n -= 1;
+        if *n == 0 {
+            holders.remove(id);
+        }
+    }
+}
+
+fn same_or_conflict(existing: &Volume, options: &VolumeOptions) -> Result<()> {
+    if &existing.options == options {
+        Ok(())
+    } else {
+        Err(Error::Conflict {
+            name: existing.name.clone(),
+            differences: existing.options.differences(options),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

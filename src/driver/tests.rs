@@ -1,0 +1,257 @@
+//! Counting, sharing and recovery rules of the driver, against the fake mounter.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::backends::{Backend, Backends};
+use crate::mounter::fake::FakeMounter;
+use crate::s3check::{BoxFuture, BucketChecker};
+
+struct OkChecker;
+impl BucketChecker for OkChecker {
+    fn check<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a Backend,
+        bucket: &'a str,
+        _: bool,
+    ) -> BoxFuture<'a, std::result::Result<(), String>> {
+        Box::pin(async move {
+            if bucket == "missing" {
+                Err(format!("bucket {bucket:?} does not exist"))
+            } else {
+                Ok(())
+            }
+        })
+    }
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("backends.toml");
+        let mut f = std::fs::File::create(&cfg).unwrap();
+        f.write_all(b"[backends.default]\nendpoint = \"http://127.0.0.1:1\"\naccess-key = \"a\"\nsecret-key = \"s\"\n").unwrap();
+        std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600)).unwrap();
+        Env { dir }
+    }
+
+    fn driver(&self, mounter: FakeMounter, delay: Duration) -> Arc<Driver<FakeMounter>> {
+        let (store, _) = Store::open(&self.dir.path().join("state")).unwrap();
+        let d = Driver::new(
+            mounter,
+            Box::new(OkChecker),
+            Backends::open(&self.dir.path().join("backends.toml")),
+            store,
+            Settings {
+                mount_root: self.dir.path().join("mnt"),
+                unmount_delay: delay,
+            },
+        );
+        let _ = d.restored_tx.send(true);
+        d
+    }
+}
+
+fn opts(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn holders(d: &Driver<FakeMounter>, name: &str) -> u64 {
+    d.get(name).unwrap().status["holders"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn counting_is_per_id_and_the_last_holder_unmounts() {
+    let env = Env::new();
+    let d = env.driver(FakeMounter::default(), Duration::ZERO);
+    d.create("vol", &opts(&[])).await.unwrap();
+    d.mount("vol", "a").await.unwrap();
+    d.mount("vol", "a").await.unwrap(); // docker cp: same ID again
+    d.mount("vol", "b").await.unwrap();
+    assert_eq!(
+        d.mounter.mounts.load(Ordering::SeqCst),
+        1,
+        "one mount for all holders"
+    );
+    assert_eq!(holders(&d, "vol"), 3);
+    d.unmount("vol", "a").await.unwrap();
+    d.unmount("vol", "b").await.unwrap();
+    assert_eq!(
+        d.mounter.unmounts.load(Ordering::SeqCst),
+        0,
+        "a still holds one mount"
+    );
+    assert!(matches!(
+        d.remove("vol").await,
+        Err(Error::InUse { holders: 1, .. })
+    ));
+    d.unmount("vol", "a").await.unwrap();
+    assert_eq!(d.mounter.unmounts.load(Ordering::SeqCst), 1);
+    assert_eq!(d.get("vol").unwrap().status["mounted"], false);
+    d.unmount("vol", "a").await.unwrap(); // unknown ID now: success, no change
+    d.unmount("nope", "a").await.unwrap();
+    assert_eq!(d.mounter.unmounts.load(Ordering::SeqCst), 1);
+    d.remove("vol").await.unwrap();
+    assert!(d.get("vol").is_err());
+}
+
+#[tokio::test]
+async fn concurrent_first_mounts_share_one_attempt_and_its_failure() {
+    let env = Env::new();
+    let m = FakeMounter::default();
+    *m.delay.lock().unwrap() = Duration::from_millis(50);
+    m.fail_next.store(true, Ordering::SeqCst);
+    let d = env.driver(m, Duration::ZERO);
+    d.create("vol", &opts(&[])).await.unwrap();
+    let calls: Vec<_> = (0..8)
+        .map(|i| {
+            let d = d.clone();
+            tokio::spawn(async move { d.mount("vol", &format!("id{i}")).await })
+        })
+        .collect();
+    let mut errs = 0;
+    for c in calls {
+        if c.await.unwrap().is_err() {
+            errs += 1;
+        }
+    }
+    assert_eq!(errs, 8, "all waiters share the failed attempt");
+    assert_eq!(d.mounter.mounts.load(Ordering::SeqCst), 1);
+    assert_eq!(holders(&d, "vol"), 0);
+    // The next caller tries again, and succeeds.
+    d.mount("vol", "later").await.unwrap();
+    assert_eq!(d.mounter.mounts.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn create_is_idempotent_and_refuses_different_options() {
+    let env = Env::new();
+    let d = env.driver(FakeMounter::default(), Duration::ZERO);
+    d.create("vol", &opts(&[("ro", "true")])).await.unwrap();
+    d.create("vol", &opts(&[("ro", "1")])).await.unwrap();
+    let e = d
+        .create("vol", &opts(&[("ro", "false")]))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("different options") && e.contains("ro: true -> false"),
+        "{e}"
+    );
+    let e = d
+        .create("other", &opts(&[("backend", "nope")]))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("\"nope\"") && e.contains("configured: default"),
+        "{e}"
+    );
+    let e = d
+        .create("other", &opts(&[("bucket", "missing")]))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not exist"), "{e}");
+    assert_eq!(d.list().len(), 1, "refusals register nothing");
+}
+
+#[tokio::test]
+async fn state_survives_a_restart_and_live_mounts_are_adopted() {
+    let env = Env::new();
+    let d = env.driver(FakeMounter::default(), Duration::ZERO);
+    d.create("vol", &opts(&[])).await.unwrap();
+    d.create("idle", &opts(&[])).await.unwrap();
+    let target = d.mount("vol", "a").await.unwrap();
+    d.mount("vol", "a").await.unwrap();
+    d.mount("vol", "b").await.unwrap();
+    drop(d);
+
+    let m = FakeMounter::default();
+    m.alive_after_restart.lock().unwrap().push(target.clone());
+    let (store, _) = Store::open(&env.dir.path().join("state")).unwrap();
+    let d2 = Driver::new(
+        m,
+        Box::new(OkChecker),
+        Backends::open(&env.dir.path().join("backends.toml")),
+        store,
+        Settings {
+            mount_root: env.dir.path().join("mnt"),
+            unmount_delay: Duration::ZERO,
+        },
+    );
+    d2.restore().await;
+    assert_eq!(d2.list().len(), 2);
+    assert_eq!(holders(&d2, "vol"), 3);
+    assert_eq!(
+        d2.mounter.mounts.load(Ordering::SeqCst),
+        0,
+        "adopted, not mounted again"
+    );
+    for id in ["a", "b", "a"] {
+        d2.unmount("vol", id).await.unwrap();
+    }
+    assert_eq!(d2.mounter.unmounts.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_dead_mount_is_remounted_on_the_next_mount() {
+    let env = Env::new();
+    let d = env.driver(FakeMounter::default(), Duration::ZERO);
+    d.create("vol", &opts(&[])).await.unwrap();
+    let t = d.mount("vol", "a").await.unwrap();
+    d.mounter.kill(&t);
+    assert_eq!(d.get("vol").unwrap().status["health"], "stale");
+    d.mount("vol", "b").await.unwrap();
+    assert_eq!(d.mounter.mounts.load(Ordering::SeqCst), 2);
+    assert_eq!(d.get("vol").unwrap().status["health"], "ok");
+    assert_eq!(holders(&d, "vol"), 2);
+}
+
+#[tokio::test]
+async fn unmount_delay_keeps_the_mount_for_a_quick_return() {
+    let env = Env::new();
+    let d = env.driver(FakeMounter::default(), Duration::from_millis(300));
+    d.create("vol", &opts(&[])).await.unwrap();
+    for i in 0..5 {
+        d.mount("vol", &format!("c{i}")).await.unwrap();
+        d.unmount("vol", &format!("c{i}")).await.unwrap();
+    }
+    assert_eq!(d.mounter.mounts.load(Ordering::SeqCst), 1);
+    assert_eq!(d.get("vol").unwrap().status["mounted"], true);
+    // Remove ends the wait.
+    d.remove("vol").await.unwrap();
+    assert_eq!(d.mounter.unmounts.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_failed_state_write_rolls_the_mount_back() {
+    let env = Env::new();
+    let d = env.driver(FakeMounter::default(), Duration::ZERO);
+    d.create("vol", &opts(&[])).await.unwrap();
+    std::fs::create_dir(env.dir.path().join("state/volumes.json.tmp")).unwrap();
+    let e = d.mount("vol", "a").await.unwrap_err().to_string();
+    assert!(e.contains("could not save its state"), "{e}");
+    assert_eq!(holders(&d, "vol"), 0);
+    assert_eq!(d.get("vol").unwrap().status["mounted"], false);
+    assert_eq!(
+        d.mounter.unmounts.load(Ordering::SeqCst),
+        1,
+        "the mount was undone"
+    );
+    assert!(d.create("new", &opts(&[])).await.is_err());
+    assert!(d.get("new").is_err(), "memory follows the file");
+}

@@ -1,0 +1,48 @@
+//! The driver's one error type. Every message is written for the person who typed the
+//! `docker` command: what was wrong, and what is allowed or what to do.
+
+use crate::options::OptionError;
+
+/// Everything a volume call can fail with; the HTTP layer turns it into `{"Err": ...}`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Option(#[from] OptionError),
+    #[error("no such volume {0:?} in bai-s3")]
+    NoSuchVolume(String),
+    #[error("backend {name:?} is not configured in {path}{}", known_list(.known))]
+    UnknownBackend {
+        name: String,
+        path: String,
+        known: Vec<String>,
+    },
+    #[error("volume {name:?} already exists with different options ({}); remove it first or create it with the same options", .differences.join("; "))]
+    Conflict {
+        name: String,
+        differences: Vec<String>,
+    },
+    #[error("volume {name:?} is in use by {holders} mount(s); unmount it (stop its containers) before removing it")]
+    InUse { name: String, holders: u64 },
+    #[error("{0}")]
+    Bucket(String),
+    #[error("mounting volume {name:?} failed: {message}")]
+    Mount { name: String, message: String },
+    #[error("bai-s3 could not save its state to {path}: {source}; nothing was changed")]
+    Persist {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("bai-s3 is shutting down; try again when it is back")]
+    ShuttingDown,
+}
+
+fn known_list(known: &[String]) -> String {
+    if known.is_empty() {
+        " (it configures no backend; see README: backends file)".to_string()
+    } else {
+        format!(" (configured: {})", known.join(", "))
+    }
+}
+
+/// The driver's result type.
+pub type Result<T> = std::result::Result<T, Error>;

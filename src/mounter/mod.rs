@@ -1,0 +1,82 @@
+//! The mount layer: turns "make volume V appear at this path" into real mounts.
+//!
+//! The driver decides *when* a volume is mounted (holders, delays, recovery); a [`Mounter`]
+//! decides *how*. The real one ([`s3fs::S3fsMounter`]) runs one s3fs per bucket and mount
+//! settings and gives each volume a bind mount of it, so many prefix volumes of one bucket cost
+//! one process. Nothing here knows about HTTP or Docker.
+
+pub mod s3fs;
+pub mod sys;
+
+#[cfg(test)]
+pub mod fake;
+
+use std::future::Future;
+use std::path::PathBuf;
+
+use crate::backends::Backend;
+use crate::options::VolumeOptions;
+
+/// Everything needed to mount one volume, resolved at the moment of the Mount (so a changed
+/// backends file applies to new mounts only).
+#[derive(Debug, Clone)]
+pub struct MountSpec {
+    pub volume: String,
+    pub options: VolumeOptions,
+    pub backend: Backend,
+    /// Where the volume must appear: `<mount-root>/<volume>`.
+    pub target: PathBuf,
+}
+
+/// A mount's liveness as far as it can be told without touching the object store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Ok,
+    /// Mounted, but its s3fs is gone or its FUSE connection answers ENOTCONN.
+    Stale,
+    NotMounted,
+}
+
+impl Health {
+    /// The word `docker volume inspect` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Ok => "ok",
+            Health::Stale => "stale",
+            Health::NotMounted => "not mounted",
+        }
+    }
+}
+
+/// Why a mount or unmount failed, in words for the person who ran the container.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct MountError(pub String);
+
+/// How volumes are mounted; the seam between counting (driver) and processes (s3fs).
+pub trait Mounter: Send + Sync + 'static {
+    /// Make the volume appear at `spec.target`, returning only when its root answers. On error
+    /// nothing is left behind: no process, no mount, no folder.
+    fn mount(&self, spec: &MountSpec) -> impl Future<Output = Result<(), MountError>> + Send;
+
+    /// Take the volume away from `target` (and stop its s3fs when no volume uses it any more).
+    /// Tolerates a target that is already gone or dead.
+    fn unmount(
+        &self,
+        target: &std::path::Path,
+    ) -> impl Future<Output = Result<(), MountError>> + Send;
+
+    /// After a restart: take over a mount of `spec` still alive at its target, without starting
+    /// anything. Returns false when nothing usable is there.
+    fn adopt(&self, spec: &MountSpec) -> impl Future<Output = bool> + Send;
+
+    /// Liveness from what is known without a system call into the FUSE mount (cheap enough for
+    /// every Get and List).
+    fn health(&self, target: &std::path::Path) -> Health;
+
+    /// Liveness by asking the mount itself (statvfs), bounded in time; for periodic checks.
+    fn probe(&self, target: &std::path::Path) -> impl Future<Output = Health> + Send;
+
+    /// Remove what earlier runs left under the mount root that no volume in `keep` uses.
+    fn sweep(&self, keep: &[PathBuf]) -> impl Future<Output = ()> + Send;
+}

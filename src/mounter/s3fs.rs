@@ -1,0 +1,735 @@
+//! The real mount layer: s3fs processes, shared per bucket and mount settings, and one bind
+//! mount per volume.
+//!
+//! Layout under the mount root:
+//! - `.s3fs/<backend>-<bucket>-<hash>`: one s3fs mount per (backend, bucket, uid, gid, umask,
+//!   tuning); `<hash>` covers the settings, so different settings never share a process.
+//! - `<volume>`: the volume's mount point, a bind of the shared mount's root or of its
+//!   `<prefix>` folder, made read-only by a remount when the volume is `ro`.
+//!
+//! s3fs runs in the foreground (`-f`) as a child in its own process group, with its output in
+//! a private log file, so that it outlives this daemon (a crash or restart must not take
+//! containers' mounts down) and its own words explain a failed mount. Credentials reach it
+//! through its environment, which only root can read, never through argv.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::process::Command;
+use tokio::sync::watch;
+
+use super::sys;
+use super::{Health, MountError, MountSpec, Mounter};
+
+/// Folder under the mount root that holds the shared s3fs mounts.
+pub const SHARED_DIR: &str = ".s3fs";
+
+/// How long s3fs gets to exit after its mount is gone before it is killed.
+const EXIT_GRACE: Duration = Duration::from_secs(5);
+
+/// Settings of the real mounter.
+#[derive(Debug, Clone)]
+pub struct S3fsConfig {
+    pub mount_root: PathBuf,
+    /// s3fs logs (one per shared mount) and disk caches live here, private to root.
+    pub state_dir: PathBuf,
+    /// A mount that is not ready within this time fails.
+    pub mount_timeout: Duration,
+    /// The s3fs program (a name looked up in PATH, or a path).
+    pub program: String,
+}
+
+/// A running s3fs, ours or adopted from an earlier run of the daemon.
+struct Process {
+    pid: u32,
+    /// Flips to false when the process is seen to exit.
+    alive: Arc<AtomicBool>,
+    /// Fires when our own child exits (absent for adopted processes, which are polled).
+    exited: Option<watch::Receiver<bool>>,
+}
+
+impl Process {
+    fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire) && (self.exited.is_some() || sys::is_alive(self.pid))
+    }
+}
+
+/// One shared s3fs mount and the volume targets bound to it.
+struct Shared {
+    path: PathBuf,
+    process: Option<Process>,
+    users: HashSet<PathBuf>,
+}
+
+/// A volume target's shared mount: its name, its s3fs's liveness flag and pid.
+type Binding = (String, Arc<AtomicBool>, u32);
+
+/// The s3fs mounter.
+pub struct S3fsMounter {
+    cfg: S3fsConfig,
+    /// Shared mounts by name; the async lock serialises starting and stopping one s3fs while
+    /// different buckets proceed in parallel.
+    shared: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Shared>>>>,
+    /// Which shared mount each volume target is bound to, and that s3fs's liveness flag.
+    targets: Mutex<HashMap<PathBuf, Binding>>,
+}
+
+impl S3fsMounter {
+    /// A mounter with nothing mounted yet (see [`Mounter::adopt`] for what an earlier run left).
+    pub fn new(cfg: S3fsConfig) -> Self {
+        S3fsMounter {
+            cfg,
+            shared: Mutex::new(HashMap::new()),
+            targets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn shared_root(&self) -> PathBuf {
+        self.cfg.mount_root.join(SHARED_DIR)
+    }
+
+    /// The shared mount's name: readable, deterministic across restarts (so a restarted daemon
+    /// finds it), and different whenever the s3fs settings differ.
+    fn shared_name(spec: &MountSpec) -> String {
+        let o = &spec.options;
+        let b = &spec.backend;
+        let key = format!(
+            "{}|{}|{}|{}|{}|{}|{}|{}|{:?}|{}|{}|{}|{}",
+            spec.options.backend,
+            o.bucket,
+            o.uid,
+            o.gid,
+            o.umask,
+            b.endpoint,
+            b.region,
+            b.path_style,
+            b.ca_file,
+            b.access_key,
+            o.tuning.cache,
+            o.tuning.parallel_count,
+            o.tuning.multipart_size,
+        ) + &format!("|{}", o.tuning.stat_cache_expire);
+        format!("{}-{}-{:016x}", o.backend, o.bucket, fnv1a(key.as_bytes()))
+    }
+
+    fn entry(&self, name: &str) -> Arc<tokio::sync::Mutex<Shared>> {
+        let mut map = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(name.to_string())
+            .or_insert_with(|| {
+                Arc::new(tokio::sync::Mutex::new(Shared {
+                    path: self.shared_root().join(name),
+                    process: None,
+                    users: HashSet::new(),
+                }))
+            })
+            .clone()
+    }
+
+    fn log_path(&self, name: &str) -> PathBuf {
+        self.cfg.state_dir.join("logs").join(format!("{name}.log"))
+    }
+
+    /// The s3fs command line; no secret in it.
+    fn s3fs_args(&self, spec: &MountSpec, name: &str, path: &Path) -> Vec<String> {
+        let o = &spec.options;
+        let b = &spec.backend;
+        let mut opts = vec![
+            format!("url={}", b.endpoint),
+            format!("endpoint={}", b.region),
+            "allow_other".to_string(),
+            format!("uid={}", o.uid),
+            format!("gid={}", o.gid),
+            format!("umask={:04o}", o.umask),
+            format!("mp_umask={:04o}", o.umask),
+            format!("parallel_count={}", o.tuning.parallel_count),
+            format!("multipart_size={}", o.tuning.multipart_size),
+            format!("stat_cache_expire={}", o.tuning.stat_cache_expire),
+            "enable_noobj_cache".to_string(),
+            "retries=2".to_string(),
+            "connect_timeout=5".to_string(),
+            "dbglevel=warn".to_string(),
+        ];
+        if b.path_style {
+            opts.push("use_path_request_style".to_string());
+        }
+        if o.tuning.cache {
+            let dir = self.cfg.state_dir.join("cache").join(name);
+            opts.push(format!("use_cache={}", dir.display()));
+            opts.push("del_cache".to_string());
+        }
+        vec![
+            o.bucket.clone(),
+            path.display().to_string(),
+            "-f".to_string(),
+            "-o".to_string(),
+            opts.join(","),
+        ]
+    }
+
+    /// Start s3fs for `spec` at `shared.path` and wait until the mount answers.
+    async fn start(
+        &self,
+        spec: &MountSpec,
+        name: &str,
+        shared: &mut Shared,
+    ) -> Result<(), MountError> {
+        let path = shared.path.clone();
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(self.shared_root())
+            .and_then(|_| {
+                fs::DirBuilder::new()
+                    .mode(0o755)
+                    .create(&path)
+                    .or_else(|e| {
+                        if e.kind() == std::io::ErrorKind::AlreadyExists {
+                            Ok(())
+                        } else {
+                            Err(e)
+                        }
+                    })
+            })
+            .map_err(|e| MountError(format!("cannot create {}: {e}", path.display())))?;
+        let log_path = self.log_path(name);
+        let log = open_log(&log_path)
+            .map_err(|e| MountError(format!("cannot open s3fs log {}: {e}", log_path.display())))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| MountError(format!("cannot open s3fs log: {e}")))?;
+        if spec.options.tuning.cache {
+            let dir = self.cfg.state_dir.join("cache").join(name);
+            let _ = fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir);
+        }
+
+        let mut cmd = Command::new(&self.cfg.program);
+        cmd.args(self.s3fs_args(spec, name, &path))
+            .env_clear()
+            .env(
+                "PATH",
+                std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
+            )
+            .env("AWSACCESSKEYID", &spec.backend.access_key)
+            .env("AWSSECRETACCESSKEY", spec.backend.secret_key.expose())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2))
+            // Its own process group: a Ctrl-C or a signal to the daemon's group must not end
+            // the mounts that containers use.
+            .process_group(0)
+            .kill_on_drop(false);
+        if let Some(ca) = &spec.backend.ca_file {
+            cmd.env("CURL_CA_BUNDLE", ca);
+        }
+        let started = Instant::now();
+        let mut child = cmd.spawn().map_err(|e| {
+            let _ = fs::remove_dir(&path);
+            MountError(format!(
+                "cannot start {}: {e} (is s3fs installed?)",
+                self.cfg.program
+            ))
+        })?;
+        let pid = child.id().unwrap_or(0);
+        tracing::debug!(shared = name, pid, "s3fs started");
+
+        // Watch the child: its exit flips `alive` at once, for Get and for the next Mount.
+        let alive = Arc::new(AtomicBool::new(true));
+        let (tx, rx) = watch::channel(false);
+        let (alive2, name2) = (alive.clone(), name.to_string());
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            alive2.store(false, Ordering::Release);
+            tracing::debug!(shared = %name2, ?status, "s3fs exited");
+            let _ = tx.send(true);
+        });
+        let mut process = Process {
+            pid,
+            alive,
+            exited: Some(rx),
+        };
+
+        let deadline = started + self.cfg.mount_timeout;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            if !process.is_alive() {
+                let said = log_tail(&log_path);
+                let _ = sys::unmount(&path);
+                let _ = fs::remove_dir(&path);
+                return Err(MountError(format!(
+                    "s3fs exited before the mount was ready: {said}"
+                )));
+            }
+            let p = path.clone();
+            let ready = tokio::task::spawn_blocking(move || is_fuse_ready(&p))
+                .await
+                .unwrap_or(false);
+            if ready {
+                tracing::info!(
+                    shared = name,
+                    pid,
+                    ms = started.elapsed().as_millis() as u64,
+                    "s3fs mount ready"
+                );
+                shared.process = Some(process);
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                self.stop_process(&path, &mut process).await;
+                let said = log_tail(&log_path);
+                return Err(MountError(format!(
+                    "s3fs did not make the mount ready within {} s (--mount-timeout); s3fs said: {said}",
+                    self.cfg.mount_timeout.as_secs()
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(25));
+        }
+    }
+
+    /// Unmount a shared mount and make sure its s3fs is gone (reaped when it is our child).
+    async fn stop_process(&self, path: &Path, process: &mut Process) {
+        if let Err(e) = sys::unmount(path) {
+            tracing::warn!(error = %e, "unmounting shared s3fs mount");
+        }
+        let deadline = Instant::now() + EXIT_GRACE;
+        loop {
+            if !process.is_alive() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    pid = process.pid,
+                    "s3fs did not exit after unmount; killing it"
+                );
+                let _ = kill(Pid::from_raw(process.pid as i32), Signal::SIGKILL);
+                if let Some(rx) = process.exited.as_mut() {
+                    let _ = tokio::time::timeout(EXIT_GRACE, rx.wait_for(|v| *v)).await;
+                }
+                break;
+            }
+            match process.exited.as_mut() {
+                Some(rx) => {
+                    let _ = tokio::time::timeout_at(deadline.into(), rx.wait_for(|v| *v)).await;
+                }
+                None => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+        let _ = sys::unmount(path);
+        let _ = fs::remove_dir(path);
+    }
+
+    /// Release `target`'s use of its shared mount; stop the s3fs when it was the last user.
+    async fn release(&self, target: &Path) {
+        let entry = self
+            .targets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(target);
+        let Some((name, _, _)) = entry else { return };
+        let shared = self.entry(&name);
+        let mut s = shared.lock().await;
+        s.users.remove(target);
+        if s.users.is_empty() {
+            if let Some(mut p) = s.process.take() {
+                let path = s.path.clone();
+                self.stop_process(&path, &mut p).await;
+                tracing::info!(shared = %name, pid = p.pid, "s3fs stopped: no volume uses it");
+            }
+            drop(s);
+            let mut map = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(cur) = map.get(&name) {
+                // Drop the entry unless a Mount got hold of it meanwhile.
+                if Arc::strong_count(cur) <= 2
+                    && cur
+                        .try_lock()
+                        .map(|s| s.users.is_empty() && s.process.is_none())
+                        .unwrap_or(false)
+                {
+                    map.remove(&name);
+                }
+            }
+        }
+    }
+}
+
+/// True when `path` is a FUSE mount whose root answers statvfs and can be listed.
+fn is_fuse_ready(path: &Path) -> bool {
+    const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+    let Ok(st) = nix::sys::statfs::statfs(path) else {
+        return false;
+    };
+    if st.filesystem_type().0 != FUSE_SUPER_MAGIC {
+        return false;
+    }
+    fs::read_dir(path).is_ok()
+}
+
+/// Make `target` an empty folder that is not a mount point, whatever an earlier run left there
+/// (a dead FUSE mount would make `mkdir` fail with "file exists").
+fn prepare_target(target: &Path) -> Result<(), MountError> {
+    let table = sys::mounts();
+    while sys::mount_at(&table, target).is_some() {
+        sys::unmount(target).map_err(MountError)?;
+        if sys::mount_at(&sys::mounts(), target).is_none() {
+            break;
+        }
+    }
+    match fs::DirBuilder::new().mode(0o755).create(target) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(MountError(format!(
+            "cannot create mount point {}: {e}",
+            target.display()
+        ))),
+    }
+}
+
+fn open_log(path: &Path) -> std::io::Result<fs::File> {
+    if let Some(dir) = path.parent() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// The last lines s3fs wrote, for an error message.
+fn log_tail(path: &Path) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = lines[lines.len().saturating_sub(5)..].join(" | ");
+    if tail.is_empty() {
+        "(nothing)".to_string()
+    } else {
+        tail
+    }
+}
+
+/// FNV-1a, 64 bits: a stable hash for names that must be the same in every run and version.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+impl Mounter for S3fsMounter {
+    async fn mount(&self, spec: &MountSpec) -> Result<(), MountError> {
+        let name = Self::shared_name(spec);
+        let shared = self.entry(&name);
+        let mut s = shared.lock().await;
+        if let Some(p) = &s.process {
+            if !p.is_alive()
+                || tokio::task::spawn_blocking({
+                    let path = s.path.clone();
+                    move || sys::statvfs_ok(&path).is_err()
+                })
+                .await
+                .unwrap_or(true)
+            {
+                tracing::warn!(shared = %name, pid = p.pid, "shared s3fs is dead; starting a new one");
+                let mut dead = s.process.take().expect("checked above");
+                let path = s.path.clone();
+                self.stop_process(&path, &mut dead).await;
+                // Volumes still bound to the dead mount are stale; each is repaired on its
+                // next Mount. They no longer count as users of the new process.
+                s.users.clear();
+            }
+        }
+        let started_here = s.process.is_none();
+        if started_here {
+            self.start(spec, &name, &mut s).await?;
+        }
+        let process_alive = s
+            .process
+            .as_ref()
+            .map(|p| (p.alive.clone(), p.pid))
+            .expect("started above");
+
+        let source = match &spec.options.prefix {
+            Some(prefix) => s.path.join(prefix),
+            None => s.path.clone(),
+        };
+        let target = spec.target.clone();
+        let ro = spec.options.ro;
+        let prefix = spec.options.prefix.clone();
+        let bucket = spec.options.bucket.clone();
+        let result = tokio::time::timeout(
+            self.cfg.mount_timeout,
+            tokio::task::spawn_blocking(move || -> Result<(), MountError> {
+                if prefix.is_some() && !source.is_dir() {
+                    fs::create_dir_all(&source).map_err(|e| {
+                        MountError(format!(
+                            "prefix {:?} does not exist in bucket {bucket:?} and could not be created: {e}",
+                            prefix.unwrap_or_default()
+                        ))
+                    })?;
+                }
+                prepare_target(&target)?;
+                sys::bind(&source, &target, ro).map_err(|e| {
+                    let _ = fs::remove_dir(&target);
+                    MountError(e)
+                })
+            }),
+        )
+        .await;
+        let result = match result {
+            Ok(Ok(r)) => r,
+            Ok(Err(join)) => Err(MountError(format!("mount task failed: {join}"))),
+            Err(_) => Err(MountError(format!(
+                "the mount did not answer within {} s (--mount-timeout)",
+                self.cfg.mount_timeout.as_secs()
+            ))),
+        };
+        match result {
+            Ok(()) => {
+                s.users.insert(spec.target.clone());
+                self.targets
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(
+                        spec.target.clone(),
+                        (name, process_alive.0, process_alive.1),
+                    );
+                Ok(())
+            }
+            Err(e) => {
+                if s.users.is_empty() {
+                    if let Some(mut p) = s.process.take() {
+                        let path = s.path.clone();
+                        self.stop_process(&path, &mut p).await;
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn unmount(&self, target: &Path) -> Result<(), MountError> {
+        let t = target.to_path_buf();
+        let r = tokio::task::spawn_blocking(move || {
+            let r = sys::unmount(&t);
+            let _ = fs::remove_dir(&t);
+            r
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        self.release(target).await;
+        r.map_err(MountError)
+    }
+
+    async fn adopt(&self, spec: &MountSpec) -> bool {
+        let table = sys::mounts();
+        let Some(bound) = sys::mount_at(&table, &spec.target) else {
+            return false;
+        };
+        let shared_root = self.shared_root();
+        let Some(shared_mount) = table
+            .iter()
+            .rev()
+            .find(|m| m.dev == bound.dev && m.mount_point.parent() == Some(shared_root.as_path()))
+            .cloned()
+        else {
+            return false;
+        };
+        let target = spec.target.clone();
+        let alive = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::task::spawn_blocking(move || sys::statvfs_ok(&target).is_ok()),
+        )
+        .await
+        .map(|r| r.unwrap_or(false))
+        .unwrap_or(false);
+        if !alive {
+            return false;
+        }
+        let Some(name) = shared_mount
+            .mount_point
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+        else {
+            return false;
+        };
+        let pid = sys::pids_with_arg("s3fs", shared_mount.mount_point.as_os_str())
+            .first()
+            .copied();
+        let Some(pid) = pid else {
+            return false;
+        };
+        let shared = self.entry(&name);
+        let mut s = shared.lock().await;
+        if s.process.is_none() {
+            s.path = shared_mount.mount_point.clone();
+            s.process = Some(Process {
+                pid,
+                alive: Arc::new(AtomicBool::new(true)),
+                exited: None,
+            });
+        }
+        let flag = s
+            .process
+            .as_ref()
+            .map(|p| p.alive.clone())
+            .unwrap_or_default();
+        s.users.insert(spec.target.clone());
+        self.targets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(spec.target.clone(), (name.clone(), flag, pid));
+        tracing::info!(volume = %spec.volume, shared = %name, pid, "live mount adopted");
+        true
+    }
+
+    fn health(&self, target: &Path) -> Health {
+        let targets = self.targets.lock().unwrap_or_else(|e| e.into_inner());
+        match targets.get(target) {
+            None => Health::NotMounted,
+            Some((_, alive, pid)) => {
+                if alive.load(Ordering::Acquire) && sys::is_alive(*pid) {
+                    Health::Ok
+                } else {
+                    Health::Stale
+                }
+            }
+        }
+    }
+
+    async fn probe(&self, target: &Path) -> Health {
+        match self.health(target) {
+            Health::Ok => {}
+            other => return other,
+        }
+        let t = target.to_path_buf();
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::task::spawn_blocking(move || sys::statvfs_ok(&t)),
+        )
+        .await
+        {
+            Ok(Ok(Ok(()))) => Health::Ok,
+            _ => Health::Stale,
+        }
+    }
+
+    async fn sweep(&self, keep: &[PathBuf]) {
+        let keep: HashSet<&Path> = keep.iter().map(PathBuf::as_path).collect();
+        let root = self.cfg.mount_root.clone();
+        let shared_root = self.shared_root();
+        let in_use: HashSet<PathBuf> = {
+            let map = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+            map.values()
+                .filter_map(|s| s.try_lock().ok().map(|s| s.path.clone()))
+                .collect()
+        };
+        // Volume binds first, then the shared mounts they may hold.
+        let table = sys::mounts();
+        for m in table.iter().rev() {
+            if m.mount_point.parent() == Some(root.as_path())
+                && !keep.contains(m.mount_point.as_path())
+                && m.mount_point != shared_root
+            {
+                tracing::info!(path = %m.mount_point.display(), "removing a mount left by an earlier run");
+                let _ = sys::unmount(&m.mount_point);
+            }
+        }
+        for m in sys::mounts().iter().rev() {
+            if m.mount_point.parent() == Some(shared_root.as_path())
+                && !in_use.contains(&m.mount_point)
+            {
+                tracing::info!(path = %m.mount_point.display(), "stopping an s3fs left by an earlier run");
+                let pids = sys::pids_with_arg("s3fs", m.mount_point.as_os_str());
+                let _ = sys::unmount(&m.mount_point);
+                for pid in pids {
+                    let deadline = Instant::now() + EXIT_GRACE;
+                    while sys::is_alive(pid) && Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    if sys::is_alive(pid) {
+                        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                    }
+                }
+            }
+        }
+        // Empty folders left behind (never anything with content: no recursive removal).
+        for dir in [&root, &shared_root] {
+            if let Ok(rd) = fs::read_dir(dir) {
+                for e in rd.flatten() {
+                    let p = e.path();
+                    if p != shared_root && !keep.contains(p.as_path()) && !in_use.contains(&p) {
+                        let _ = fs::remove_dir(&p);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backends::Backend;
+    use crate::options::VolumeOptions;
+
+    fn spec(pairs: &[(&str, &str)]) -> MountSpec {
+        let opts = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let backend: Backend = toml::from_str(
+            "endpoint = \"http://127.0.0.1:1\"\naccess-key = \"AK\"\nsecret-key = \"TOPSECRET\"\n",
+        )
+        .unwrap();
+        MountSpec {
+            volume: "v".into(),
+            options: VolumeOptions::parse("vol", &opts, "f").unwrap(),
+            backend,
+            target: "/mnt/v".into(),
+        }
+    }
+
+    #[test]
+    fn shared_names_split_on_settings_but_not_on_prefix_or_ro() {
+        let a = S3fsMounter::shared_name(&spec(&[("bucket", "abc")]));
+        let b = S3fsMounter::shared_name(&spec(&[
+            ("bucket", "abc"),
+            ("prefix", "p/q"),
+            ("ro", "true"),
+        ]));
+        let c = S3fsMounter::shared_name(&spec(&[("bucket", "abc"), ("uid", "1000")]));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert!(a.starts_with("default-abc-"));
+    }
+
+    #[test]
+    fn the_command_line_holds_no_secret() {
+        let m = S3fsMounter::new(S3fsConfig {
+            mount_root: "/m".into(),
+            state_dir: "/s".into(),
+            mount_timeout: Duration::from_secs(1),
+            program: "s3fs".into(),
+        });
+        let s = spec(&[("bucket", "abc"), ("uid", "1000"), ("cache", "true")]);
+        let args = m.s3fs_args(&s, "n", Path::new("/m/.s3fs/n")).join(" ");
+        assert!(!args.contains("TOPSECRET"), "{args}");
+        assert!(args.contains("uid=1000") && args.contains("allow_other") && args.contains(" -f "));
+        assert!(args.contains("use_cache=/s/cache/n"));
+    }
+}

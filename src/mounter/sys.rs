@@ -1,0 +1,190 @@
+//! Small system-level helpers of the mount layer: the mount table, bind mounts, liveness
+//! probes and process lookups. Each error names the operation and the path.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+/// One line of `/proc/self/mountinfo`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    /// `major:minor` of the file system: bind mounts of one FUSE mount share it.
+    pub dev: String,
+    /// The path inside the file system that is mounted here (`/` or a bound sub-folder).
+    pub root: PathBuf,
+    pub mount_point: PathBuf,
+    pub fs_type: String,
+}
+
+/// Undo the octal escapes (`\040` for a space) of mountinfo's path fields.
+fn unescape(field: &str) -> PathBuf {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() {
+            let oct = &b[i + 1..i + 4];
+            if oct.iter().all(|c| (b'0'..=b'7').contains(c)) {
+                if let Ok(v) = u8::from_str_radix(std::str::from_utf8(oct).unwrap_or("x"), 8) {
+                    out.push(v);
+                    i += 4;
+                    continue;
+                }
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    PathBuf::from(OsStr::from_bytes(&out))
+}
+
+/// Parse mountinfo text (kept separate from reading it, for tests).
+pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let f: Vec<&str> = left.split(' ').collect();
+            let fs_type = right.split(' ').next()?.to_string();
+            Some(MountEntry {
+                dev: f.get(2)?.to_string(),
+                root: unescape(f.get(3)?),
+                mount_point: unescape(f.get(4)?),
+                fs_type,
+            })
+        })
+        .collect()
+}
+
+/// The current mount table of this process's namespace.
+pub fn mounts() -> Vec<MountEntry> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .map(|t| parse_mountinfo(&t))
+        .unwrap_or_default()
+}
+
+/// The entry mounted last at `path`, if any (later mounts hide earlier ones).
+pub fn mount_at(table: &[MountEntry], path: &Path) -> Option<MountEntry> {
+    table.iter().rev().find(|m| m.mount_point == path).cloned()
+}
+
+/// Bind `source` onto `target`, read-only when asked. A read-only bind needs a second call:
+/// the kernel ignores `MS_RDONLY` on the first bind.
+pub fn bind(source: &Path, target: &Path, read_only: bool) -> Result<(), String> {
+    mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| {
+        format!(
+            "bind mount of {} on {} failed: {}",
+            source.display(),
+            target.display(),
+            e.desc()
+        )
+    })?;
+    if read_only {
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        if let Err(e) = mount(None::<&str>, target, None::<&str>, flags, None::<&str>) {
+            let _ = umount2(target, MntFlags::MNT_DETACH);
+            return Err(format!(
+                "read-only remount of {} failed: {}",
+                target.display(),
+                e.desc()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Unmount `path`; a busy or dead mount is detached lazily (it goes away when its last user
+/// does). Not being mounted is success.
+pub fn unmount(path: &Path) -> Result<(), String> {
+    match umount2(path, MntFlags::empty()) {
+        Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => Ok(()),
+        Err(_) => match umount2(path, MntFlags::MNT_DETACH) {
+            Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(format!(
+                "unmount of {} failed: {}",
+                path.display(),
+                e.desc()
+            )),
+        },
+    }
+}
+
+/// Ask the mounted file system whether it answers: a dead FUSE mount still answers `stat` of
+/// its root from the kernel's cache, but `statvfs` reaches the daemon (ENOTCONN when gone).
+pub fn statvfs_ok(path: &Path) -> Result<(), Errno> {
+    nix::sys::statvfs::statvfs(path).map(|_| ())
+}
+
+/// PIDs of live (not zombie) processes whose command line contains `needle` as one argument.
+pub fn pids_with_arg(program: &str, needle: &OsStr) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let mut args = cmd.split(|b| *b == 0);
+            let prog_ok = args
+                .next()
+                .map(|p| Path::new(OsStr::from_bytes(p)).file_name() == Some(OsStr::new(program)))
+                .unwrap_or(false);
+            prog_ok && args.any(|a| a == needle.as_bytes()) && is_alive(*pid)
+        })
+        .collect()
+}
+
+/// True while `pid` exists and is not a zombie.
+pub fn is_alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state letter follows the command name in parentheses, which may hold spaces.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .map(|s| s != 'Z' && s != 'X')
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_lines_parse_with_escapes() {
+        let text = "36 35 0:52 / /var/lib/bai-s3/volumes/.s3fs/default-abc rw,nosuid - fuse.s3fs s3fs rw\n\
+                    37 35 0:52 /projects/alpha /var/lib/bai-s3/volumes/v1 ro - fuse.s3fs s3fs rw\n\
+                    38 35 8:1 / /mnt/with\\040space rw - ext4 /dev/sda1 rw\n";
+        let m = parse_mountinfo(text);
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[1].dev, "0:52");
+        assert_eq!(m[1].root, Path::new("/projects/alpha"));
+        assert_eq!(m[0].fs_type, "fuse.s3fs");
+        assert_eq!(m[2].mount_point, Path::new("/mnt/with space"));
+        assert_eq!(
+            mount_at(&m, Path::new("/var/lib/bai-s3/volumes/v1"))
+                .unwrap()
+                .dev,
+            "0:52"
+        );
+    }
+
+    #[test]
+    fn this_process_is_alive_and_found_by_argument() {
+        assert!(is_alive(std::process::id()));
+        assert!(!is_alive(u32::MAX - 1));
+    }
+}

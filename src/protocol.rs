@@ -1,0 +1,136 @@
+//! The Docker volume plugin protocol's messages, exactly as dockerd encodes and decodes them.
+//!
+//! Field names are Go's (`Name`, `Opts`, `Err`...). Requests reject unknown shapes early so that
+//! handlers only ever see typed values; replies skip empty optional fields because dockerd
+//! decodes `CreatedAt` as a Go time (an empty string would break it).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `/VolumeDriver.Create`: `Opts` may be missing or `null`.
+#[derive(Debug, Deserialize)]
+pub struct CreateRequest {
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "Opts", default)]
+    pub opts: Option<BTreeMap<String, String>>,
+}
+
+/// Requests that carry only a volume name: Remove, Path, Get.
+#[derive(Debug, Deserialize)]
+pub struct NameRequest {
+    #[serde(rename = "Name")]
+    pub name: String,
+}
+
+/// Mount and Unmount: `ID` is one mount point of one container, reused by `docker cp`.
+#[derive(Debug, Deserialize)]
+pub struct MountRequest {
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "ID")]
+    pub id: String,
+}
+
+/// A reply that is only an error or success.
+#[derive(Debug, Default, Serialize)]
+pub struct ErrReply {
+    #[serde(rename = "Err")]
+    pub err: String,
+}
+
+/// Mount and Path replies.
+#[derive(Debug, Default, Serialize)]
+pub struct MountpointReply {
+    #[serde(rename = "Mountpoint")]
+    pub mountpoint: String,
+    #[serde(rename = "Err")]
+    pub err: String,
+}
+
+/// One volume as Get and List describe it to dockerd.
+#[derive(Debug, Serialize)]
+pub struct Volume {
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "Mountpoint", skip_serializing_if = "String::is_empty")]
+    pub mountpoint: String,
+    #[serde(rename = "CreatedAt", skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    #[serde(rename = "Status", skip_serializing_if = "Option::is_none")]
+    pub status: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// `/VolumeDriver.Get` reply.
+#[derive(Debug, Serialize)]
+pub struct GetReply {
+    #[serde(rename = "Volume")]
+    pub volume: Volume,
+    #[serde(rename = "Err")]
+    pub err: String,
+}
+
+/// `/VolumeDriver.List` reply.
+#[derive(Debug, Serialize)]
+pub struct ListReply {
+    #[serde(rename = "Volumes")]
+    pub volumes: Vec<Volume>,
+    #[serde(rename = "Err")]
+    pub err: String,
+}
+
+/// `/VolumeDriver.Capabilities` reply.
+#[derive(Debug, Serialize)]
+pub struct CapabilitiesReply {
+    #[serde(rename = "Capabilities")]
+    pub capabilities: Capabilities,
+}
+
+/// `Scope` is `local`: each host mounts for itself, even when the data is shared.
+#[derive(Debug, Serialize)]
+pub struct Capabilities {
+    #[serde(rename = "Scope")]
+    pub scope: &'static str,
+}
+
+/// `/Plugin.Activate` reply.
+#[derive(Debug, Serialize)]
+pub struct ActivateReply {
+    #[serde(rename = "Implements")]
+    pub implements: Vec<&'static str>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_accepts_missing_and_null_opts() {
+        let r: CreateRequest = serde_json::from_str(r#"{"Name":"v"}"#).unwrap();
+        assert!(r.opts.is_none());
+        let r: CreateRequest = serde_json::from_str(r#"{"Name":"v","Opts":null}"#).unwrap();
+        assert!(r.opts.is_none());
+        let r: CreateRequest =
+            serde_json::from_str(r#"{"Name":"v","Opts":{"ro":"true"}}"#).unwrap();
+        assert_eq!(r.opts.unwrap()["ro"], "true");
+    }
+
+    #[test]
+    fn wrong_types_and_missing_fields_are_errors() {
+        assert!(serde_json::from_str::<MountRequest>(r#"{"Name":"v"}"#).is_err());
+        assert!(serde_json::from_str::<NameRequest>(r#"{"Name":7}"#).is_err());
+        assert!(serde_json::from_str::<CreateRequest>(r#"{"Name":"v","Opts":{"a":1}}"#).is_err());
+    }
+
+    #[test]
+    fn empty_fields_are_left_out_of_volumes() {
+        let v = Volume {
+            name: "v".into(),
+            mountpoint: String::new(),
+            created_at: None,
+            status: None,
+        };
+        assert_eq!(serde_json::to_string(&v).unwrap(), r#"{"Name":"v"}"#);
+    }
+}

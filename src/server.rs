@@ -1,0 +1,333 @@
+//! HTTP serving of the plugin protocol on a unix socket: routing, request limits, one log line
+//! per call, and the single place where driver errors become `{"Err": ...}`.
+
+use std::future::Future;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::net::UnixListener;
+use tokio::sync::Semaphore;
+
+use crate::driver::{Driver, VolumeInfo};
+use crate::error::Error;
+use crate::mounter::Mounter;
+use crate::protocol::*;
+
+/// Largest request body accepted; Docker's requests are a few hundred bytes.
+pub const MAX_BODY: usize = 1 << 20;
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 512;
+/// A client must send its request headers and body within this time (slow clients must not
+/// hold a connection slot forever).
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Media type of replies, as other volume plugins answer.
+const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.1+json";
+
+/// Bind the plugin socket: replace a stale socket file from an earlier run, refuse to steal
+/// one that a live daemon answers on, and create it readable by root only.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    format!(
+                        "another process answers on {}; is bai-s3 already running?",
+                        path.display()
+                    ),
+                ));
+            }
+            std::fs::remove_file(path)?;
+        }
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a socket; refusing to replace it",
+                    path.display()
+                ),
+            ))
+        }
+        Err(_) => {}
+    }
+    // The socket file takes its mode from the umask at bind(); narrow it for that one call so
+    // there is no moment when others could connect.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let listener = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = listener?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serve until `shutdown` completes, then stop accepting and let calls in flight finish.
+pub async fn serve<M: Mounter>(
+    listener: UnixListener,
+    driver: Arc<Driver<M>>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(READ_TIMEOUT)
+        .keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let stream = tokio::select! {
+            _ = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let d = driver.clone();
+        let svc = hyper::service::service_fn(move |req| {
+            let d = d.clone();
+            async move { Ok::<_, std::convert::Infallible>(handle(d, req).await) }
+        });
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracing::info!("no longer accepting; finishing calls in flight");
+    if tokio::time::timeout(Duration::from_secs(60), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("calls still in flight after 60 s; stopping anyway");
+    }
+}
+
+/// A protocol-level refusal (before the driver is reached).
+struct Refusal(StatusCode, String);
+
+fn reply<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
+    let bytes = serde_json::to_vec(body)
+        .unwrap_or_else(|_| br#"{"Err":"internal error: reply could not be encoded"}"#.to_vec());
+    Response::builder()
+        .status(status)
+        .header("Content-Type", CONTENT_TYPE)
+        .body(Full::new(Bytes::from(bytes)))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+fn decode<T: DeserializeOwned>(endpoint: &str, body: &[u8]) -> Result<T, Refusal> {
+    serde_json::from_slice(body).map_err(|e| {
+        Refusal(
+            StatusCode::BAD_REQUEST,
+            format!("malformed request to {endpoint}: {e}"),
+        )
+    })
+}
+
+/// What one call was about, for its log line.
+#[derive(Default)]
+struct CallLog {
+    volume: Option<String>,
+    id: Option<String>,
+}
+
+async fn handle<M: Mounter>(
+    driver: Arc<Driver<M>>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let started = Instant::now();
+    let endpoint = req.uri().path().to_string();
+    let mut log = CallLog::default();
+    let result = route(&driver, req, &endpoint, &mut log).await;
+    let micros = started.elapsed().as_micros() as u64;
+    let (status, outcome, resp) = match result {
+        Ok(resp) => (resp.status(), "ok".to_string(), resp),
+        Err(Refusal(status, msg)) => {
+            let resp = reply(status, &ErrReply { err: msg.clone() });
+            (status, msg, resp)
+        }
+    };
+    let vol = log.volume.as_deref().unwrap_or("-");
+    let id = log.id.as_deref().unwrap_or("-");
+    if status.is_success() && outcome == "ok" {
+        tracing::info!(endpoint = %endpoint, volume = vol, id, outcome = %outcome, micros, "call");
+    } else {
+        tracing::warn!(endpoint = %endpoint, volume = vol, id, outcome = %outcome, micros, "call");
+    }
+    resp
+}
+
+/// Driver errors become a 200 reply carrying `Err` (what dockerd shows the user); the
+/// outcome text goes to the log line.
+fn driver_err(e: Error) -> Refusal {
+    Refusal(StatusCode::OK, e.to_string())
+}
+
+async fn route<M: Mounter>(
+    driver: &Arc<Driver<M>>,
+    req: Request<Incoming>,
+    endpoint: &str,
+    log: &mut CallLog,
+) -> Result<Response<Full<Bytes>>, Refusal> {
+    if req.method() != hyper::Method::POST {
+        return Err(Refusal(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{} {endpoint}: the plugin protocol uses POST", req.method()),
+        ));
+    }
+    let body = match tokio::time::timeout(
+        READ_TIMEOUT,
+        Limited::new(req.into_body(), MAX_BODY).collect(),
+    )
+    .await
+    {
+        Err(_) => {
+            return Err(Refusal(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "request body to {endpoint} not received within {} s",
+                    READ_TIMEOUT.as_secs()
+                ),
+            ))
+        }
+        Ok(Err(e)) => {
+            let too_big = e
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some();
+            return Err(if too_big {
+                Refusal(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request to {endpoint} is larger than {MAX_BODY} bytes"),
+                )
+            } else {
+                Refusal(
+                    StatusCode::BAD_REQUEST,
+                    format!("request to {endpoint} could not be read: {e}"),
+                )
+            });
+        }
+        Ok(Ok(b)) => b.to_bytes(),
+    };
+    let ok = StatusCode::OK;
+    match endpoint {
+        "/Plugin.Activate" => Ok(reply(
+            ok,
+            &ActivateReply {
+                implements: vec!["VolumeDriver"],
+            },
+        )),
+        "/VolumeDriver.Capabilities" => Ok(reply(
+            ok,
+            &CapabilitiesReply {
+                capabilities: Capabilities { scope: "local" },
+            },
+        )),
+        "/VolumeDriver.List" => {
+            let volumes = driver.list().into_iter().map(to_protocol).collect();
+            Ok(reply(
+                ok,
+                &ListReply {
+                    volumes,
+                    err: String::new(),
+                },
+            ))
+        }
+        "/VolumeDriver.Create" => {
+            let r: CreateRequest = decode(endpoint, &body)?;
+            log.volume = Some(r.name.clone());
+            let opts = r.opts.unwrap_or_default();
+            driver.create(&r.name, &opts).await.map_err(driver_err)?;
+            Ok(reply(ok, &ErrReply::default()))
+        }
+        "/VolumeDriver.Remove" => {
+            let r: NameRequest = decode(endpoint, &body)?;
+            log.volume = Some(r.name.clone());
+            driver.remove(&r.name).await.map_err(driver_err)?;
+            Ok(reply(ok, &ErrReply::default()))
+        }
+        "/VolumeDriver.Mount" => {
+            let r: MountRequest = decode(endpoint, &body)?;
+            log.volume = Some(r.name.clone());
+            log.id = Some(r.id.clone());
+            let p = driver.mount(&r.name, &r.id).await.map_err(driver_err)?;
+            Ok(reply(
+                ok,
+                &MountpointReply {
+                    mountpoint: p.display().to_string(),
+                    err: String::new(),
+                },
+            ))
+        }
+        "/VolumeDriver.Unmount" => {
+            let r: MountRequest = decode(endpoint, &body)?;
+            log.volume = Some(r.name.clone());
+            log.id = Some(r.id.clone());
+            driver.unmount(&r.name, &r.id).await.map_err(driver_err)?;
+            Ok(reply(ok, &ErrReply::default()))
+        }
+        "/VolumeDriver.Path" => {
+            let r: NameRequest = decode(endpoint, &body)?;
+            log.volume = Some(r.name.clone());
+            let p = driver.path(&r.name).map_err(driver_err)?;
+            Ok(reply(
+                ok,
+                &MountpointReply {
+                    mountpoint: p,
+                    err: String::new(),
+                },
+            ))
+        }
+        "/VolumeDriver.Get" => {
+            let r: NameRequest = decode(endpoint, &body)?;
+            log.volume = Some(r.name.clone());
+            let v = driver.get(&r.name).map_err(driver_err)?;
+            Ok(reply(
+                ok,
+                &GetReply {
+                    volume: to_protocol(v),
+                    err: String::new(),
+                },
+            ))
+        }
+        _ => Err(Refusal(
+            StatusCode::NOT_FOUND,
+            format!(
+                "unknown endpoint {endpoint}; this is a Docker volume plugin (VolumeDriver API)"
+            ),
+        )),
+    }
+}
+
+fn to_protocol(v: VolumeInfo) -> Volume {
+    Volume {
+        name: v.name,
+        mountpoint: v.mountpoint,
+        created_at: Some(v.created_at),
+        status: Some(v.status),
+    }
+}

@@ -34,6 +34,13 @@ install: build
 	install -d -m 0700 $(DESTDIR)/etc/bai-s3
 	[ -e $(DESTDIR)/etc/bai-s3/backends.toml ] || install -m 0600 plugin/backends.toml.example $(DESTDIR)/etc/bai-s3/backends.toml
 
+## bai-s3 side by side with `rclone serve docker` on a local SeaweedFS: Mount latency, fan-in,
+## churn, memory and data path; markdown table on stdout, JSON in target/bench/compare.json.
+## BAI_S3_BENCH_QUICK=1 for smaller sizes (a few minutes). Needs root (FUSE, drop_caches).
+bench:
+	scripts/deps.sh bench
+	$(CARGO) bench --locked --bench compare
+
 clean:
 	$(CARGO) clean
 	rm -rf build

@@ -554,3 +554,62 @@ mod tests {
         assert_eq!(d, vec!["ro: true -> false".to_string()]);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! Hostile input: whatever Docker (or anyone on the socket) sends as options, parsing never
+    //! panics, and nothing it accepts can reach s3fs's `-o` parser or a path unchecked.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            proptest::sample::select(ALLOWED_KEYS).prop_map(str::to_string),
+            "[a-z_-]{1,12}",
+            any::<String>(),
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z0-9./-]{0,20}",
+            "[0-7]{3,4}",
+            "(true|false|1|0)",
+            "[ -~]{0,30}",
+            any::<String>(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn parsing_never_panics_and_accepted_values_are_clean(
+            name in prop_oneof!["[a-z0-9][a-z0-9.-]{2,20}", any::<String>()],
+            opts in proptest::collection::btree_map(key(), value(), 0..6),
+        ) {
+            let _ = validate_volume_name(&name);
+            if let Ok(o) = VolumeOptions::parse(&name, &opts, "f") {
+                for v in o.to_map().values() {
+                    prop_assert!(!v.contains(',') && !v.contains('=') && !v.chars().any(char::is_whitespace), "{v:?}");
+                }
+                if let Some(p) = &o.prefix {
+                    prop_assert!(p.split('/').all(|c| !c.is_empty() && c != "." && c != ".."));
+                }
+                // The canonical map means the same volume when read back.
+                let again = VolumeOptions::parse(&name, &o.to_map(), "f").unwrap();
+                prop_assert_eq!(again, o);
+            }
+        }
+
+        #[test]
+        fn accepted_names_are_one_path_component(name in any::<String>()) {
+            if validate_volume_name(&name).is_ok() {
+                let p = std::path::Path::new(&name);
+                prop_assert_eq!(p.components().count(), 1);
+                prop_assert!(matches!(p.components().next(), Some(std::path::Component::Normal(_))));
+                prop_assert!(!name.contains(':') && !name.contains(','));
+            }
+        }
+    }
+}

@@ -134,3 +134,41 @@ mod tests {
         assert_eq!(serde_json::to_string(&v).unwrap(), r#"{"Name":"v"}"#);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! Whatever bytes arrive, decoding a request is an error or a value, never a panic.
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = serde_json::from_slice::<CreateRequest>(&body);
+            let _ = serde_json::from_slice::<MountRequest>(&body);
+            let _ = serde_json::from_slice::<NameRequest>(&body);
+        }
+
+        #[test]
+        fn decoding_json_shaped_input_never_panics(
+            name in any::<String>(),
+            id in prop_oneof![any::<String>().prop_map(serde_json::Value::from), any::<i64>().prop_map(serde_json::Value::from), Just(serde_json::Value::Null)],
+            opts in proptest::collection::btree_map(any::<String>(), any::<String>(), 0..4),
+        ) {
+            let body = serde_json::json!({"Name": name, "ID": id, "Opts": opts}).to_string();
+            let c: CreateRequest = serde_json::from_str(&body).unwrap();
+            prop_assert_eq!(c.name, name);
+            let _ = serde_json::from_str::<MountRequest>(&body);
+        }
+    }
+
+    #[test]
+    fn deeply_nested_json_is_refused_without_overflow() {
+        let deep = "[".repeat(100_000) + &"]".repeat(100_000);
+        assert!(serde_json::from_str::<CreateRequest>(&deep).is_err());
+        let body = format!("{{\"Name\":\"v\",\"Opts\":{}}}", "{\"a\":".repeat(50_000));
+        assert!(serde_json::from_str::<CreateRequest>(&body).is_err());
+    }
+}

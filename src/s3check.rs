@@ -33,7 +33,26 @@ pub struct S3Checker {
     pub timeout: Duration,
 }
 
-fn client(backend: &Backend, timeout: Duration) -> aws_sdk_s3::Client {
+/// The HTTPS client: public roots plus the backend's own CA file when it has one.
+fn http_client(backend: &Backend) -> Result<aws_sdk_s3::config::SharedHttpClient, String> {
+    use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
+    let mut trust = TrustStore::default();
+    if let Some(ca) = &backend.ca_file {
+        let pem = std::fs::read(ca)
+            .map_err(|e| format!("cannot read ca-file {} of the backend: {e}", ca.display()))?;
+        trust = trust.with_pem_certificate(pem);
+    }
+    let ctx = TlsContext::builder()
+        .with_trust_store(trust)
+        .build()
+        .map_err(|e| format!("invalid TLS settings of the backend: {e}"))?;
+    Ok(aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+        .tls_context(ctx)
+        .build_https())
+}
+
+fn client(backend: &Backend, timeout: Duration) -> Result<aws_sdk_s3::Client, String> {
     let creds = Credentials::new(
         backend.access_key.clone(),
         backend.secret_key.expose().to_string(),
@@ -47,6 +66,7 @@ fn client(backend: &Backend, timeout: Duration) -> aws_sdk_s3::Client {
         .build();
     let conf = aws_sdk_s3::Config::builder()
         .behavior_version(BehaviorVersion::latest())
+        .http_client(http_client(backend)?)
         .region(Region::new(backend.region.clone()))
         .endpoint_url(backend.endpoint.clone())
         .force_path_style(backend.path_style)
@@ -54,7 +74,7 @@ fn client(backend: &Backend, timeout: Duration) -> aws_sdk_s3::Client {
         .timeout_config(timeouts)
         .retry_config(aws_smithy_types::retry::RetryConfig::standard().with_max_attempts(2))
         .build();
-    aws_sdk_s3::Client::from_conf(conf)
+    Ok(aws_sdk_s3::Client::from_conf(conf))
 }
 
 /// Words for an SDK failure that say which of the three usual causes it is.
@@ -120,7 +140,7 @@ impl BucketChecker for S3Checker {
     ) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
             let timeout = self.timeout;
-            let c = client(backend, timeout);
+            let c = client(backend, timeout).map_err(|e| format!("backend {name:?}: {e}"))?;
             let head = tokio::time::timeout(timeout, c.head_bucket().bucket(bucket).send()).await;
             let err = match head {
                 Err(_) => {

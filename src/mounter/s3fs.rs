@@ -182,22 +182,8 @@ impl S3fsMounter {
         shared: &mut Shared,
     ) -> Result<(), MountError> {
         let path = shared.path.clone();
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(self.shared_root())
-            .and_then(|_| {
-                fs::DirBuilder::new()
-                    .mode(0o755)
-                    .create(&path)
-                    .or_else(|e| {
-                        if e.kind() == std::io::ErrorKind::AlreadyExists {
-                            Ok(())
-                        } else {
-                            Err(e)
-                        }
-                    })
-            })
+        create_dir(&self.shared_root(), 0o700)
+            .and_then(|_| create_dir(&path, 0o755))
             .map_err(|e| MountError(format!("cannot create {}: {e}", path.display())))?;
         let log_path = self.log_path(name);
         let log = open_log(&log_path)
@@ -207,10 +193,9 @@ impl S3fsMounter {
             .map_err(|e| MountError(format!("cannot open s3fs log: {e}")))?;
         if spec.options.tuning.cache {
             let dir = self.cfg.state_dir.join("cache").join(name);
-            let _ = fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&dir);
+            create_dir(&dir, 0o700).map_err(|e| {
+                MountError(format!("cannot create cache folder {}: {e}", dir.display()))
+            })?;
         }
 
         let mut cmd = Command::new(&self.cfg.program);
@@ -378,29 +363,43 @@ fn is_fuse_ready(path: &Path) -> bool {
 /// Make `target` an empty folder that is not a mount point, whatever an earlier run left there
 /// (a dead FUSE mount would make `mkdir` fail with "file exists").
 fn prepare_target(target: &Path) -> Result<(), MountError> {
-    let table = sys::mounts();
-    while sys::mount_at(&table, target).is_some() {
-        sys::unmount(target).map_err(MountError)?;
+    // Mounts may be stacked; a few rounds clear them, and a target that stays mounted after
+    // that is reported rather than looped on.
+    for _ in 0..8 {
         if sys::mount_at(&sys::mounts(), target).is_none() {
             break;
         }
+        sys::unmount(target).map_err(MountError)?;
     }
-    match fs::DirBuilder::new().mode(0o755).create(target) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(MountError(format!(
+    if sys::mount_at(&sys::mounts(), target).is_some() {
+        return Err(MountError(format!(
+            "{} is still mounted by something else and cannot be cleared",
+            target.display()
+        )));
+    }
+    create_dir(target, 0o755).map_err(|e| {
+        MountError(format!(
             "cannot create mount point {}: {e}",
             target.display()
-        ))),
+        ))
+    })
+}
+
+/// Create a folder (and its parents) with `mode`; an existing one is fine.
+fn create_dir(path: &Path, mode: u32) -> std::io::Result<()> {
+    match fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
     }
 }
 
 fn open_log(path: &Path) -> std::io::Result<fs::File> {
     if let Some(dir) = path.parent() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
+        create_dir(dir, 0o700)?;
     }
     fs::OpenOptions::new()
         .create(true)
@@ -435,32 +434,28 @@ impl Mounter for S3fsMounter {
         let shared = self.entry(&name);
         let mut s = shared.lock().await;
         if let Some(p) = &s.process {
-            if !p.is_alive()
-                || tokio::task::spawn_blocking({
-                    let path = s.path.clone();
-                    move || sys::statvfs_ok(&path).is_err()
-                })
-                .await
-                .unwrap_or(true)
-            {
+            let path = s.path.clone();
+            let answers = p.is_alive()
+                && tokio::task::spawn_blocking(move || sys::statvfs_ok(&path).is_ok())
+                    .await
+                    .unwrap_or(false);
+            if !answers {
                 tracing::warn!(shared = %name, pid = p.pid, "shared s3fs is dead; starting a new one");
-                let mut dead = s.process.take().expect("checked above");
-                let path = s.path.clone();
-                self.stop_process(&path, &mut dead).await;
+                if let Some(mut dead) = s.process.take() {
+                    let path = s.path.clone();
+                    self.stop_process(&path, &mut dead).await;
+                }
                 // Volumes still bound to the dead mount are stale; each is repaired on its
                 // next Mount. They no longer count as users of the new process.
                 s.users.clear();
             }
         }
-        let started_here = s.process.is_none();
-        if started_here {
+        if s.process.is_none() {
             self.start(spec, &name, &mut s).await?;
         }
-        let process_alive = s
-            .process
-            .as_ref()
-            .map(|p| (p.alive.clone(), p.pid))
-            .expect("started above");
+        let Some((alive, pid)) = s.process.as_ref().map(|p| (p.alive.clone(), p.pid)) else {
+            return Err(MountError("s3fs is not running after its start".into()));
+        };
 
         let source = match &spec.options.prefix {
             Some(prefix) => s.path.join(prefix),
@@ -503,10 +498,7 @@ impl Mounter for S3fsMounter {
                 self.targets
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(
-                        spec.target.clone(),
-                        (name, process_alive.0, process_alive.1),
-                    );
+                    .insert(spec.target.clone(), (name, alive, pid));
                 Ok(())
             }
             Err(e) => {

@@ -462,7 +462,11 @@ impl Mounter for S3fsMounter {
             None => s.path.clone(),
         };
         let target = spec.target.clone();
-        let ro = spec.options.ro;
+        // Read-only binds are prepared in a private staging folder (see `sys::bind`).
+        let stage = spec
+            .options
+            .ro
+            .then(|| self.cfg.state_dir.join("stage").join(&spec.volume));
         let prefix = spec.options.prefix.clone();
         let bucket = spec.options.bucket.clone();
         let result = tokio::time::timeout(
@@ -477,7 +481,7 @@ impl Mounter for S3fsMounter {
                     })?;
                 }
                 prepare_target(&target)?;
-                sys::bind(&source, &target, ro).map_err(|e| {
+                sys::bind(&source, &target, stage.as_deref()).map_err(|e| {
                     let _ = fs::remove_dir(&target);
                     MountError(e)
                 })
@@ -630,6 +634,14 @@ impl Mounter for S3fsMounter {
                 .filter_map(|s| s.try_lock().ok().map(|s| s.path.clone()))
                 .collect()
         };
+        // Read-only staging binds of a run that died half-way through a Mount.
+        let stage_root = self.cfg.state_dir.join("stage");
+        for m in sys::mounts().iter().rev() {
+            if m.mount_point.parent() == Some(stage_root.as_path()) {
+                let _ = sys::unmount(&m.mount_point);
+                let _ = fs::remove_dir(&m.mount_point);
+            }
+        }
         // Volume binds first, then the shared mounts they may hold.
         let table = sys::mounts();
         for m in table.iter().rev() {

@@ -71,9 +71,7 @@ pub fn mount_at(table: &[MountEntry], path: &Path) -> Option<MountEntry> {
     table.iter().rev().find(|m| m.mount_point == path).cloned()
 }
 
-/// Bind `source` onto `target`, read-only when asked. A read-only bind needs a second call:
-/// the kernel ignores `MS_RDONLY` on the first bind.
-pub fn bind(source: &Path, target: &Path, read_only: bool) -> Result<(), String> {
+fn bind_once(source: &Path, target: &Path) -> Result<(), String> {
     mount(
         Some(source),
         target,
@@ -88,19 +86,69 @@ pub fn bind(source: &Path, target: &Path, read_only: bool) -> Result<(), String>
             target.display(),
             e.desc()
         )
-    })?;
-    if read_only {
-        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-        if let Err(e) = mount(None::<&str>, target, None::<&str>, flags, None::<&str>) {
-            let _ = umount2(target, MntFlags::MNT_DETACH);
-            return Err(format!(
-                "read-only remount of {} failed: {}",
-                target.display(),
-                e.desc()
-            ));
+    })
+}
+
+/// Bind `source` onto `target`, read-only when asked.
+///
+/// A read-only bind needs a remount after the bind, and a remount changes only the one mount
+/// it names: when `target` lies in a shared mount (the managed plugin's propagatedMount, or a
+/// host whose `/` is shared), the copies already propagated to the host stay writable, and
+/// Docker hands those to containers. So a read-only bind is made in `stage`, a folder in a
+/// private mount, remounted read-only there, and only then bound onto `target`: every copy of
+/// that bind, propagated or not, starts read-only.
+pub fn bind(source: &Path, target: &Path, read_only: Option<&Path>) -> Result<(), String> {
+    let Some(stage) = read_only else {
+        return bind_once(source, target);
+    };
+    make_private_mount(stage.parent().unwrap_or(stage))?;
+    match fs::create_dir(stage) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            return Err(format!("cannot create {}: {e}", stage.display()))
         }
+        _ => {}
     }
-    Ok(())
+    let _ = unmount(stage);
+    bind_once(source, stage)?;
+    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    let result = mount(None::<&str>, stage, None::<&str>, flags, None::<&str>)
+        .map_err(|e| {
+            format!(
+                "read-only remount of {} failed: {}",
+                stage.display(),
+                e.desc()
+            )
+        })
+        .and_then(|()| bind_once(stage, target));
+    let _ = umount2(stage, MntFlags::MNT_DETACH);
+    let _ = fs::remove_dir(stage);
+    result
+}
+
+/// Make `dir` a mount of its own with private propagation, so mounts made inside it are seen
+/// nowhere else.
+pub fn make_private_mount(dir: &Path) -> Result<(), String> {
+    match fs::create_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
+    }
+    if mount_at(&mounts(), dir).is_none() {
+        bind_once(dir, dir)?;
+    }
+    mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| {
+        format!(
+            "making {} a private mount failed: {}",
+            dir.display(),
+            e.desc()
+        )
+    })
 }
 
 /// Unmount `path`; a busy or dead mount is detached lazily (it goes away when its last user

@@ -32,7 +32,7 @@ pub struct VolumeRecord {
     pub holders: BTreeMap<String, u64>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Deserialize)]
 struct Disk {
     version: u32,
     /// `/proc/sys/kernel/random/boot_id` when the file was written: holders of another boot
@@ -130,14 +130,20 @@ impl Store {
         durable: bool,
     ) -> io::Result<()> {
         let mut records = self.lock();
-        let mut next = records.clone();
-        match record {
-            Some(r) => next.insert(name.to_string(), r),
-            None => next.remove(name),
+        // Apply in place and undo on failure: cheaper than copying the table for every
+        // Mount and Unmount.
+        let previous = match record {
+            Some(r) => records.insert(name.to_string(), r),
+            None => records.remove(name),
         };
-        self.write(&next, durable)?;
-        *records = next;
-        Ok(())
+        let written = self.write(&records, durable);
+        if written.is_err() {
+            match previous {
+                Some(p) => records.insert(name.to_string(), p),
+                None => records.remove(name),
+            };
+        }
+        written
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, VolumeRecord>> {
@@ -145,15 +151,17 @@ impl Store {
     }
 
     fn write(&self, records: &BTreeMap<String, VolumeRecord>, durable: bool) -> io::Result<()> {
-        let disk = Disk {
+        #[derive(Serialize)]
+        struct DiskRef<'a> {
+            version: u32,
+            boot_id: &'a str,
+            volumes: &'a BTreeMap<String, VolumeRecord>,
+        }
+        let bytes = serde_json::to_vec(&DiskRef {
             version: VERSION,
-            boot_id: self.boot_id.clone(),
-            volumes: records
-                .iter()
-                .map(|(k, v)| Ok((k.clone(), serde_json::to_value(v)?)))
-                .collect::<Result<_, serde_json::Error>>()?,
-        };
-        let bytes = serde_json::to_vec_pretty(&disk)?;
+            boot_id: &self.boot_id,
+            volumes: records,
+        })?;
         let tmp = self.dir.join(format!("{FILE}.tmp"));
         let mut f = OpenOptions::new()
             .write(true)
@@ -326,7 +334,7 @@ mod tests {
         s.update("good", Some(rec("i", 1)), false).unwrap();
         let text = fs::read_to_string(s.path())
             .unwrap()
-            .replace("\"volumes\": {", "\"volumes\": {\"bad\": {\"options\": 7},");
+            .replace("\"volumes\":{", "\"volumes\":{\"bad\":{\"options\":7},");
         fs::write(s.path(), text).unwrap();
         let (s2, report) = Store::open(dir.path()).unwrap();
         assert!(

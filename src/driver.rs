@@ -19,7 +19,7 @@ use dashmap::DashMap;
 use serde_json::{json, Map, Value};
 use tokio::sync::watch;
 
-use crate::backends::Backends;
+use crate::backends::{Backend, Backends};
 use crate::error::{Error, Result};
 use crate::mounter::{Health, MountSpec, Mounter};
 use crate::options::{validate_volume_name, VolumeOptions};
@@ -203,21 +203,25 @@ impl<M: Mounter> Driver<M> {
             })
     }
 
-    fn spec(&self, vol: &Volume) -> Result<MountSpec> {
+    /// The backend called `name` in the backends file as it is now.
+    fn backend(&self, name: &str) -> Result<Backend> {
         let backends = self.backends.current();
-        let backend =
-            backends
-                .get(&vol.options.backend)
-                .cloned()
-                .ok_or_else(|| Error::UnknownBackend {
-                    name: vol.options.backend.clone(),
-                    path: self.backends.path().display().to_string(),
-                    known: backends.keys().cloned().collect(),
-                })?;
+        backends
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::UnknownBackend {
+                name: name.to_string(),
+                path: self.backends.path().display().to_string(),
+                known: backends.keys().cloned().collect(),
+                problem: self.backends.problem(),
+            })
+    }
+
+    fn spec(&self, vol: &Volume) -> Result<MountSpec> {
         Ok(MountSpec {
             volume: vol.name.clone(),
             options: vol.options.clone(),
-            backend,
+            backend: self.backend(&vol.options.backend)?,
             target: vol.target.clone(),
         })
     }
@@ -231,18 +235,11 @@ impl<M: Mounter> Driver<M> {
         if let Some(existing) = self.volumes.get(name).map(|v| v.clone()) {
             return same_or_conflict(&existing, &options);
         }
-        let backends = self.backends.current();
-        let backend = backends
-            .get(&options.backend)
-            .ok_or_else(|| Error::UnknownBackend {
-                name: options.backend.clone(),
-                path: config.clone(),
-                known: backends.keys().cloned().collect(),
-            })?;
+        let backend = self.backend(&options.backend)?;
         self.checker
             .check(
                 &options.backend,
-                backend,
+                &backend,
                 &options.bucket,
                 options.create_bucket,
             )

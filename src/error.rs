@@ -10,18 +10,20 @@ pub enum Error {
     Option(#[from] OptionError),
     #[error("no such volume {0:?} in bai-s3")]
     NoSuchVolume(String),
-    #[error("backend {name:?} is not configured in {path}{}", known_list(.known))]
+    #[error("backend {name:?} is not configured in {path}{}{}", known_list(.known), problem_note(.problem))]
     UnknownBackend {
         name: String,
         path: String,
         known: Vec<String>,
+        /// Why the file on disk is not in use, when it is not (the last good one serves).
+        problem: Option<String>,
     },
     #[error("volume {name:?} already exists with different options ({}); remove it first or create it with the same options", .differences.join("; "))]
     Conflict {
         name: String,
         differences: Vec<String>,
     },
-    #[error("volume {name:?} is in use by {holders} mount(s); unmount it (stop its containers) before removing it")]
+    #[error("volume {name:?} is in use: its holders have {holders} mount(s) not yet unmounted; stop the containers that use it before removing it")]
     InUse { name: String, holders: u64 },
     #[error("{0}")]
     Bucket(String),
@@ -41,6 +43,13 @@ fn known_list(known: &[String]) -> String {
         " (it configures no backend; see README: backends file)".to_string()
     } else {
         format!(" (configured: {})", known.join(", "))
+    }
+}
+
+fn problem_note(problem: &Option<String>) -> String {
+    match problem {
+        Some(p) => format!("; the file on disk is not in use: {p}"),
+        None => String::new(),
     }
 }
 

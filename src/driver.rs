@@ -11,13 +11,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use dashmap::DashMap;
 use serde_json::{json, Map, Value};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use crate::backends::{Backend, Backends};
 use crate::error::{Error, Result};
@@ -49,9 +49,8 @@ struct VolState {
     holders: BTreeMap<String, u64>,
     mounted: bool,
     removed: bool,
-    /// The last failed mount attempt: its number and message, shared with the callers that
-    /// waited for it.
-    last_failure: Option<(u64, String)>,
+    /// The message of the last failed mount attempt, for Status.
+    last_failure: Option<String>,
     /// Bumped whenever a holder arrives, cancelling a pending delayed unmount.
     release_gen: u64,
 }
@@ -65,6 +64,12 @@ struct View {
     last_error: Option<String>,
 }
 
+/// One queued Mount: the caller's ID and where its answer goes.
+struct Waiter {
+    id: String,
+    reply: oneshot::Sender<Result<PathBuf>>,
+}
+
 struct Volume {
     name: String,
     options: VolumeOptions,
@@ -72,9 +77,8 @@ struct Volume {
     target: PathBuf,
     state: tokio::sync::Mutex<VolState>,
     view: Mutex<View>,
-    /// Number of mount attempts finished; a caller that saw N before waiting for the lock and
-    /// finds failure number N+1 waited for that attempt, and shares its outcome.
-    attempts: AtomicU64,
+    /// Mounts waiting to be served by whoever holds `state` (see [`Driver::mount`]).
+    queue: Mutex<Vec<Waiter>>,
 }
 
 impl Volume {
@@ -91,7 +95,7 @@ impl Volume {
                 since: SystemTime::now(),
                 last_error: None,
             }),
-            attempts: AtomicU64::new(0),
+            queue: Mutex::new(Vec::new()),
         }
     }
 
@@ -103,6 +107,14 @@ impl Volume {
         }
     }
 
+    fn queue_push(&self, w: Waiter) {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).push(w);
+    }
+
+    fn queue_take(&self) -> Vec<Waiter> {
+        std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     fn publish(&self, st: &VolState) {
         let mut v = self.view.lock().unwrap_or_else(|e| e.into_inner());
         if v.mounted != st.mounted {
@@ -110,7 +122,7 @@ impl Volume {
         }
         v.holders = st.holders.values().sum();
         v.mounted = st.mounted;
-        v.last_error = st.last_failure.as_ref().map(|(_, m)| m.clone());
+        v.last_error = st.last_failure.clone();
     }
 }
 
@@ -199,7 +211,7 @@ impl<M: Mounter> Driver<M> {
             .update(name, record, durable)
             .map_err(|source| Error::Persist {
                 path: self.store.path().display().to_string(),
-                source,
+                source: Arc::new(source),
             })
     }
 
@@ -287,47 +299,74 @@ impl<M: Mounter> Driver<M> {
         Ok(())
     }
 
-    /// `/VolumeDriver.Mount`: count the holder; the first one mounts. Concurrent first Mounts
-    /// share one attempt and its outcome.
+    /// `/VolumeDriver.Mount`: count the holder; the first one mounts.
+    ///
+    /// Callers queue on the volume and whoever holds its lock serves the whole queue: one mount
+    /// attempt whose outcome all share, and one state write for all their holders. So 64
+    /// containers starting at once cost one s3fs and one write, not 64 of each.
     pub async fn mount(self: &Arc<Self>, name: &str, id: &str) -> Result<PathBuf> {
         self.wait_restored().await?;
         let vol = self.volume(name)?;
-        let seen = vol.attempts.load(Ordering::Acquire);
+        let (tx, mut rx) = oneshot::channel();
+        vol.queue_push(Waiter {
+            id: id.to_string(),
+            reply: tx,
+        });
         let mut st = vol.state.lock().await;
+        // A previous holder of the lock may have served us with its batch.
+        if let Ok(served) = rx.try_recv() {
+            return served;
+        }
+        self.serve_mounts(&vol, &mut st).await;
+        drop(st);
+        rx.try_recv()
+            .unwrap_or_else(|_| Err(Error::Internal("mount reply lost".into())))
+    }
+
+    /// Serve every queued Mount of `vol` (the caller holds its lock and is in the queue).
+    async fn serve_mounts(&self, vol: &Volume, st: &mut VolState) {
+        let reply_all = |batch: Vec<Waiter>, r: &Result<PathBuf>| {
+            for w in batch {
+                let _ = w.reply.send(r.clone());
+            }
+        };
         if st.removed {
-            return Err(Error::NoSuchVolume(name.to_string()));
+            reply_all(
+                vol.queue_take(),
+                &Err(Error::NoSuchVolume(vol.name.clone())),
+            );
+            return;
         }
         if st.mounted && self.mounter.health(&vol.target) == Health::Stale {
-            tracing::warn!(
-                volume = name,
-                "mount is stale (its s3fs is gone); mounting again"
-            );
-            self.unmount_now(&vol, &mut st).await;
+            tracing::warn!(volume = %vol.name, "mount is stale (its s3fs is gone); mounting again");
+            self.unmount_now(vol, st).await;
         }
         let mounted_here = !st.mounted;
         if mounted_here {
-            if let Some((n, msg)) = &st.last_failure {
-                if *n > seen {
-                    return Err(Error::Mount {
-                        name: name.to_string(),
-                        message: msg.clone(),
-                    });
-                }
+            if let Err(e) = self.mount_now(vol, st).await {
+                // Everyone who queued while the attempt ran shares its outcome.
+                reply_all(vol.queue_take(), &Err(e));
+                return;
             }
-            self.mount_now(&vol, &mut st).await?;
         }
-        *st.holders.entry(id.to_string()).or_insert(0) += 1;
+        let batch = vol.queue_take();
+        for w in &batch {
+            *st.holders.entry(w.id.clone()).or_insert(0) += 1;
+        }
         st.release_gen += 1;
-        if let Err(e) = self.persist(name, Some(vol.record(&st)), false) {
-            decrement(&mut st.holders, id);
-            if mounted_here {
-                self.unmount_now(&vol, &mut st).await;
+        if let Err(e) = self.persist(&vol.name, Some(vol.record(st)), false) {
+            for w in &batch {
+                decrement(&mut st.holders, &w.id);
             }
-            vol.publish(&st);
-            return Err(e);
+            if mounted_here {
+                self.unmount_now(vol, st).await;
+            }
+            vol.publish(st);
+            reply_all(batch, &Err(e));
+            return;
         }
-        vol.publish(&st);
-        Ok(vol.target.clone())
+        vol.publish(st);
+        reply_all(batch, &Ok(vol.target.clone()));
     }
 
     async fn mount_now(&self, vol: &Volume, st: &mut VolState) -> Result<()> {
@@ -338,7 +377,6 @@ impl<M: Mounter> Driver<M> {
             }),
             Err(e) => Err(e),
         };
-        let attempt = vol.attempts.fetch_add(1, Ordering::AcqRel) + 1;
         match &result {
             Ok(()) => {
                 st.mounted = true;
@@ -346,7 +384,7 @@ impl<M: Mounter> Driver<M> {
                 tracing::info!(volume = %vol.name, target = %vol.target.display(), "mounted");
             }
             Err(e) => {
-                st.last_failure = Some((attempt, e.to_string()));
+                st.last_failure = Some(e.to_string());
                 tracing::warn!(volume = %vol.name, error = %e, "mount failed");
             }
         }

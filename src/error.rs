@@ -4,7 +4,7 @@
 use crate::options::OptionError;
 
 /// Everything a volume call can fail with; the HTTP layer turns it into `{"Err": ...}`.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     Option(#[from] OptionError),
@@ -32,10 +32,12 @@ pub enum Error {
     #[error("bai-s3 could not save its state to {path}: {source}; nothing was changed")]
     Persist {
         path: String,
-        source: std::io::Error,
+        source: std::sync::Arc<std::io::Error>,
     },
     #[error("bai-s3 is shutting down; try again when it is back")]
     ShuttingDown,
+    #[error("internal error in bai-s3: {0}")]
+    Internal(String),
 }
 
 fn known_list(known: &[String]) -> String {

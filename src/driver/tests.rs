@@ -255,3 +255,27 @@ async fn a_failed_state_write_rolls_the_mount_back() {
     assert!(d.create("new", &opts(&[])).await.is_err());
     assert!(d.get("new").is_err(), "memory follows the file");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_first_mounts_is_served_as_one_batch() {
+    let env = Env::new();
+    let m = FakeMounter::default();
+    *m.delay.lock().unwrap() = Duration::from_millis(50);
+    let d = env.driver(m, Duration::ZERO);
+    d.create("vol", &opts(&[])).await.unwrap();
+    let calls: Vec<_> = (0..64)
+        .map(|i| {
+            let d = d.clone();
+            tokio::spawn(async move { d.mount("vol", &format!("id{}", i % 32)).await })
+        })
+        .collect();
+    for c in calls {
+        c.await.unwrap().unwrap();
+    }
+    assert_eq!(d.mounter.mounts.load(Ordering::SeqCst), 1);
+    assert_eq!(holders(&d, "vol"), 64, "32 IDs, each twice");
+    let (store, _) = Store::open(&env.dir.path().join("state")).unwrap();
+    let rec = &store.records()["vol"];
+    assert_eq!(rec.holders.len(), 32);
+    assert!(rec.holders.values().all(|n| *n == 2));
+}

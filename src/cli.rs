@@ -17,9 +17,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the Docker volume plugin protocol on a unix socket.
+    #[command(args_override_self = true)]
     Serve(ServeArgs),
     /// Run `serve` and start it again when it dies, leaving its s3fs mounts alive (the managed
     /// plugin's entry point, under tini).
+    #[command(args_override_self = true)]
     Supervise(ServeArgs),
 }
 

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -68,6 +68,8 @@ impl Store {
             .recursive(true)
             .mode(0o700)
             .create(dir)?;
+        // A folder that already existed keeps no wider access than one made here.
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
         let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id")
             .map(|s| s.trim().to_string())
             .unwrap_or_default();
@@ -273,7 +275,6 @@ mod tests {
 
     #[test]
     fn files_are_private() {
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let sd = dir.path().join("state");
         let (s, _) = Store::open(&sd).unwrap();

@@ -757,3 +757,125 @@ fn empty_volume_on_existing_image_directory() {
     assert_eq!(object(&t, &bucket, "g").as_deref(), Some(&b"y\n"[..]));
     t.wait_unmounted(&vol, &bucket);
 }
+
+/// The plugin's `bai-s3 serve` (host pid): a `serve` whose parent is `bai-s3 supervise` and
+/// whose root holds the very socket dockerd talks to (`/run/docker/plugins/<plugin id>/`), so a
+/// test binary's own daemon is never taken for it.
+fn plugin_serve_pid(plugin_id: &str) -> Option<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let host_sock =
+        std::fs::metadata(format!("/run/docker/plugins/{plugin_id}/{PLUGIN}.sock")).ok()?;
+    let is_bai = |pid: i32, sub: &str| {
+        let argv = support::cmdline(pid);
+        argv.first().map(|a| a.ends_with("bai-s3")).unwrap_or(false)
+            && argv.get(1).map(|a| a == sub).unwrap_or(false)
+    };
+    support::all_pids().into_iter().find(|p| {
+        support::process_alive(*p)
+            && is_bai(*p, "serve")
+            && support::ppid(*p)
+                .map(|pp| is_bai(pp, "supervise"))
+                .unwrap_or(false)
+            && std::fs::metadata(format!("/proc/{p}/root/run/docker/plugins/{PLUGIN}.sock"))
+                .map(|m| m.dev() == host_sock.dev() && m.ino() == host_sock.ino())
+                .unwrap_or(false)
+    })
+}
+
+/// 13. In the managed plugin, a crash of the server process (SIGKILL of `bai-s3 serve`) leaves
+///     the plugin container and its mounts alive: the running container keeps reading and
+///     writing, the supervisor starts the server again, which re-adopts the mount with its
+///     holder, and stopping the container still unmounts.
+#[test]
+fn server_crash_in_plugin_keeps_container_and_mounts() {
+    let Some(t) = e2e("server_crash_in_plugin_keeps_container_and_mounts") else {
+        return;
+    };
+    let bucket = t.bucket("crash");
+    let vol = t.volume_name("crash");
+    t.create_volume(&vol, &[&format!("bucket={bucket}")]);
+    let c = t.start_sleeper("crash", &mount_of(&vol));
+    docker_ok(&["exec", &c, "sh", "-c", "echo before > /data/before.txt"]);
+    assert_eq!(
+        object(&t, &bucket, "before.txt").as_deref(),
+        Some(&b"before\n"[..])
+    );
+    let s3fs_before = t.s3fs_for_bucket(&bucket);
+    assert_eq!(s3fs_before.len(), 1, "s3fs of {bucket}: {s3fs_before:?}");
+    let old = plugin_serve_pid(&t.env.plugin_id).unwrap_or_else(|| {
+        panic!(
+            "the plugin's `bai-s3 serve` (child of `bai-s3 supervise`, with the plugin's socket) \
+             was not found on the host"
+        )
+    });
+    let supervisor = support::ppid(old).unwrap();
+    say(&format!(
+        "SIGKILL to the plugin's bai-s3 serve (pid {old}, supervisor {supervisor})"
+    ));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("SIGKILL bai-s3 serve");
+    let new = wait_for(
+        "the supervisor to start bai-s3 serve again",
+        Duration::from_secs(30),
+        || plugin_serve_pid(&t.env.plugin_id).filter(|p| *p != old),
+    );
+    assert_eq!(
+        support::ppid(new),
+        Some(supervisor),
+        "the new server is not the same supervisor's child"
+    );
+    assert!(plugin_enabled(), "the plugin is no longer enabled");
+
+    // The container and its mount lived through it.
+    assert_eq!(
+        docker_ok(&["inspect", "-f", "{{.State.Running}}", &c]).trim(),
+        "true",
+        "the container stopped"
+    );
+    assert_eq!(
+        docker_ok(&["exec", &c, "cat", "/data/before.txt"]),
+        "before\n"
+    );
+    docker_ok(&["exec", &c, "sh", "-c", "echo after > /data/after.txt"]);
+    assert_eq!(
+        object(&t, &bucket, "after.txt").as_deref(),
+        Some(&b"after\n"[..])
+    );
+    assert_eq!(
+        t.s3fs_for_bucket(&bucket),
+        s3fs_before,
+        "the s3fs changed: the mount was not adopted"
+    );
+    // The new server knows the holder and the live mount (once its restore has run).
+    let mut last = json!(null);
+    let ok = poll(Duration::from_secs(20), || {
+        last = t.status(&vol);
+        (last["holders"] == json!(1)
+            && last["mounted"] == json!(true)
+            && last["health"] == json!("ok"))
+        .then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "docker volume inspect after the crash: {last}\n{}",
+        t.plugin_log_tail(20)
+    );
+    assert!(
+        t.plugin_log()
+            .iter()
+            .any(|l| l.contains("live mount adopted") && l.contains(&vol)),
+        "the restarted server did not log the adoption\n{}",
+        t.plugin_log_tail(20)
+    );
+
+    docker_ok(&["rm", "-f", &c]);
+    t.wait_unmounted(&vol, &bucket);
+    assert!(
+        plugin_s3fs_pids().is_empty(),
+        "s3fs of the plugin left: {:?}",
+        plugin_s3fs_pids()
+    );
+}

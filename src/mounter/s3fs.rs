@@ -164,6 +164,8 @@ impl S3fsMounter {
             let dir = self.cfg.state_dir.join("cache").join(name);
             opts.push(format!("use_cache={}", dir.display()));
             opts.push("del_cache".to_string());
+            // Keep room on the host's disk: s3fs stops caching below this many MiB free.
+            opts.push("ensure_diskfree=1024".to_string());
         }
         vec![
             o.bucket.clone(),

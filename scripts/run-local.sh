@@ -45,4 +45,5 @@ for _ in $(seq 1 120); do
 done
 echo "bai-s3 serving on /run/docker/plugins/bai-s3.sock (backends file: $run/backends.toml)"
 echo "try: docker volume create -d bai-s3 -o bucket=demo -o create-bucket=true demo"
+umask 022
 target/release/bai-s3 serve --config "$run/backends.toml" "$@"

@@ -36,7 +36,13 @@ rm -f /tmp/seaweedfs-*-"$port".sock /tmp/seaweedfs-*-$((port + 1)).sock /tmp/sea
   -master.telemetry=false -master.volumeSizeLimitMB=1024 -volume.max=100 \
   > "$run/weed.log" 2>&1 &
 weed=$!
-trap 'kill $weed 2>/dev/null; wait $weed 2>/dev/null' EXIT
+# SeaweedFS takes its time over SIGTERM; give it 10 s, then SIGKILL.
+stop_weed() {
+  kill "$weed" 2>/dev/null || return 0
+  for _ in $(seq 1 20); do kill -0 "$weed" 2>/dev/null || return 0; sleep 0.5; done
+  kill -9 "$weed" 2>/dev/null; wait "$weed" 2>/dev/null
+}
+trap stop_weed EXIT
 echo "SeaweedFS starting on http://127.0.0.1:$port (log: $run/weed.log)"
 for _ in $(seq 1 120); do
   curl -s -o /dev/null "http://127.0.0.1:$port/" && break

@@ -187,6 +187,15 @@ impl S3fsMounter {
         create_dir(&self.shared_root(), 0o700)
             .and_then(|_| create_dir(&path, 0o755))
             .map_err(|e| MountError(format!("cannot create {}: {e}", path.display())))?;
+        // Nothing may be left at the path by an s3fs nobody owns (a daemon that died while
+        // starting it): two s3fs on one path would break one-process-per-bucket.
+        for pid in sys::pids_with_arg("s3fs", path.as_os_str()) {
+            tracing::warn!(pid, path = %path.display(), "stopping an s3fs that no volume owns");
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        if sys::mount_at(&sys::mounts(), &path).is_some() {
+            sys::unmount(&path).map_err(MountError)?;
+        }
         let log_path = self.log_path(name);
         let log = open_log(&log_path)
             .map_err(|e| MountError(format!("cannot open s3fs log {}: {e}", log_path.display())))?;
@@ -272,6 +281,8 @@ impl S3fsMounter {
                 return Ok(());
             }
             if Instant::now() >= deadline {
+                // Not mounted (or not answering): nothing to flush, so no grace period.
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
                 self.stop_process(&path, &mut process).await;
                 let said = log_tail(&log_path);
                 return Err(MountError(format!(
@@ -672,6 +683,21 @@ impl Mounter for S3fsMounter {
                     }
                 }
             }
+        }
+        // An s3fs started by a run that died before its mount was ready, or whose mount is
+        // not (yet) in the table: nobody owns it, and its mount may still appear.
+        let strays = sys::processes_with_arg("s3fs", |a| {
+            (a.parent() == Some(shared_root.as_path()) && !in_use.contains(a))
+                .then(|| a.to_path_buf())
+        });
+        for (pid, path) in strays {
+            tracing::info!(pid, path = %path.display(), "stopping an s3fs that no volume owns");
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            let deadline = Instant::now() + EXIT_GRACE;
+            while sys::is_alive(pid) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let _ = sys::unmount(&path);
         }
         // Empty folders left behind (never anything with content: no recursive removal).
         for dir in [&root, &shared_root] {

@@ -173,24 +173,33 @@ pub fn statvfs_ok(path: &Path) -> Result<(), Errno> {
     nix::sys::statvfs::statvfs(path).map(|_| ())
 }
 
-/// PIDs of live (not zombie) processes whose command line contains `needle` as one argument.
-pub fn pids_with_arg(program: &str, needle: &OsStr) -> Vec<u32> {
+/// Live (not zombie) processes running `program`, with the first argument for which `pick`
+/// returns something, and that something.
+pub fn processes_with_arg<T>(program: &str, pick: impl Fn(&Path) -> Option<T>) -> Vec<(u32, T)> {
     let Ok(dir) = fs::read_dir("/proc") else {
         return Vec::new();
     };
     dir.filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) else {
-                return false;
-            };
-            let mut args = cmd.split(|b| *b == 0);
-            let prog_ok = args
-                .next()
-                .map(|p| Path::new(OsStr::from_bytes(p)).file_name() == Some(OsStr::new(program)))
-                .unwrap_or(false);
-            prog_ok && args.any(|a| a == needle.as_bytes()) && is_alive(*pid)
+        .filter_map(|pid| {
+            let cmd = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let mut args = cmd
+                .split(|b| *b == 0)
+                .map(|a| Path::new(OsStr::from_bytes(a)));
+            if args.next()?.file_name() != Some(OsStr::new(program)) {
+                return None;
+            }
+            let found = args.find_map(&pick)?;
+            is_alive(pid).then_some((pid, found))
         })
+        .collect()
+}
+
+/// PIDs of live (not zombie) processes whose command line contains `needle` as one argument.
+pub fn pids_with_arg(program: &str, needle: &OsStr) -> Vec<u32> {
+    processes_with_arg(program, |a| (a.as_os_str() == needle).then_some(()))
+        .into_iter()
+        .map(|(pid, ())| pid)
         .collect()
 }
 

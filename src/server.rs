@@ -261,20 +261,29 @@ async fn route<M: Mounter>(
             let r: CreateRequest = decode(endpoint, &body)?;
             log.volume = Some(r.name.clone());
             let opts = r.opts.unwrap_or_default();
-            driver.create(&r.name, &opts).await.map_err(driver_err)?;
+            let d = driver.clone();
+            detached(async move { d.create(&r.name, &opts).await })
+                .await
+                .map_err(driver_err)?;
             Ok(reply(ok, &ErrReply::default()))
         }
         "/VolumeDriver.Remove" => {
             let r: NameRequest = decode(endpoint, &body)?;
             log.volume = Some(r.name.clone());
-            driver.remove(&r.name).await.map_err(driver_err)?;
+            let d = driver.clone();
+            detached(async move { d.remove(&r.name).await })
+                .await
+                .map_err(driver_err)?;
             Ok(reply(ok, &ErrReply::default()))
         }
         "/VolumeDriver.Mount" => {
             let r: MountRequest = decode(endpoint, &body)?;
             log.volume = Some(r.name.clone());
             log.id = Some(r.id.clone());
-            let p = driver.mount(&r.name, &r.id).await.map_err(driver_err)?;
+            let d = driver.clone();
+            let p = detached(async move { d.mount(&r.name, &r.id).await })
+                .await
+                .map_err(driver_err)?;
             Ok(reply(
                 ok,
                 &MountpointReply {
@@ -287,7 +296,10 @@ async fn route<M: Mounter>(
             let r: MountRequest = decode(endpoint, &body)?;
             log.volume = Some(r.name.clone());
             log.id = Some(r.id.clone());
-            driver.unmount(&r.name, &r.id).await.map_err(driver_err)?;
+            let d = driver.clone();
+            detached(async move { d.unmount(&r.name, &r.id).await })
+                .await
+                .map_err(driver_err)?;
             Ok(reply(ok, &ErrReply::default()))
         }
         "/VolumeDriver.Path" => {
@@ -321,6 +333,17 @@ async fn route<M: Mounter>(
             ),
         )),
     }
+}
+
+/// Run a state-changing driver call to its end even if the client hangs up meanwhile: a call
+/// dropped half-way (s3fs started, holder not yet written) would leave the volume in a state
+/// no caller knows about. A panic inside becomes an error reply, not a dropped connection.
+async fn detached<T: Send + 'static>(
+    call: impl Future<Output = Result<T, Error>> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::spawn(call)
+        .await
+        .unwrap_or_else(|e| Err(Error::Internal(format!("the call did not finish: {e}"))))
 }
 
 fn to_protocol(v: VolumeInfo) -> Volume {

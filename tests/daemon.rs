@@ -16,54 +16,6 @@ use support::*;
 
 const EROFS: i32 = 30;
 
-/// Prerequisites, the shared S3 server and a fresh daemon whose backend "default" is it.
-fn setup(test: &str) -> Option<(&'static S3Server, Daemon)> {
-    if !prereqs(test) {
-        return None;
-    }
-    let s3 = shared_s3();
-    let d = Daemon::start(s3);
-    Some((s3, d))
-}
-
-/// A new bucket with a unique name.
-fn new_bucket(s3: &S3Server, tag: &str) -> String {
-    let b = unique_name(tag);
-    s3.s3()
-        .create_bucket(&b)
-        .unwrap_or_else(|e| panic!("create bucket {b}: {e}"));
-    b
-}
-
-/// A mount ID like Docker's (64 hex digits).
-fn new_id() -> String {
-    random_hex(32)
-}
-
-fn status(d: &Daemon, vol: &str) -> Value {
-    d.status(vol)
-        .unwrap_or_else(|e| panic!("Get {vol} failed: {e}\n{}", d.logs_tail(40)))
-}
-
-fn holders(st: &Value) -> u64 {
-    st.get("holders")
-        .and_then(Value::as_u64)
-        .unwrap_or_else(|| panic!("Status has no numeric \"holders\": {st}"))
-}
-
-fn mounted(st: &Value) -> bool {
-    st.get("mounted")
-        .and_then(Value::as_bool)
-        .unwrap_or_else(|| panic!("Status has no boolean \"mounted\": {st}"))
-}
-
-fn health(st: &Value) -> String {
-    st.get("health")
-        .and_then(Value::as_str)
-        .unwrap_or_else(|| panic!("Status has no string \"health\": {st}"))
-        .to_string()
-}
-
 /// A status value that is a boolean, or a string "true"/"false".
 fn boolish(v: Option<&Value>) -> Option<bool> {
     match v? {
@@ -89,16 +41,6 @@ fn mount_ok(d: &Daemon, vol: &str, id: &str) -> PathBuf {
         mp.display()
     );
     mp
-}
-
-fn unmount_ok(d: &Daemon, vol: &str, id: &str) {
-    d.unmount(vol, id)
-        .unwrap_or_else(|e| panic!("Unmount {vol} (ID {id}) failed: {e}\n{}", d.logs_tail(60)));
-}
-
-fn create_ok(d: &Daemon, vol: &str, opts: &[(&str, &str)]) {
-    d.create(vol, opts)
-        .unwrap_or_else(|e| panic!("Create {vol} {opts:?} failed: {e}\n{}", d.logs_tail(40)));
 }
 
 /// Waits until `mp` is no longer a mount point and no s3fs of the daemon is alive.
@@ -1081,6 +1023,24 @@ fn a_killed_s3fs_is_detected_and_the_next_mount_remounts() {
     wait_unmounted(&d, &mp);
 }
 
+/// Retries Create for up to 15 s (the daemon rereads its backends file on its own schedule);
+/// panics with `what`, the last Err and the log when it never succeeds.
+fn create_within_15s(d: &Daemon, vol: &str, opts: &[(&str, &str)], what: &str) {
+    let mut last = String::new();
+    let ok = poll(Duration::from_secs(15), || match d.create(vol, opts) {
+        Ok(()) => Some(()),
+        Err(e) => {
+            last = e;
+            None
+        }
+    });
+    assert!(
+        ok.is_some(),
+        "{what} within 15 s: {last}\n{}",
+        d.logs_tail(30)
+    );
+}
+
 #[test]
 fn backends_file_is_reread_when_it_changes() {
     let Some((s3, d)) = setup("backends_file_is_reread_when_it_changes") else {
@@ -1093,20 +1053,11 @@ fn backends_file_is_reread_when_it_changes() {
         .expect_err("Create on an unknown backend succeeded");
     assert!(e.contains("second"), "Err does not name the backend: {e}");
     d.write_backends(&[s3.backend("default"), s3.backend("second")]);
-    let mut last = String::new();
-    let ok = poll(Duration::from_secs(15), || {
-        match d.create(&vol, &[("bucket", &b), ("backend", "second")]) {
-            Ok(()) => Some(()),
-            Err(e) => {
-                last = e;
-                None
-            }
-        }
-    });
-    assert!(
-        ok.is_some(),
-        "the new backend was not picked up within 15 s: {last}\n{}",
-        d.logs_tail(30)
+    create_within_15s(
+        &d,
+        &vol,
+        &[("bucket", &b), ("backend", "second")],
+        "the new backend was not picked up",
     );
     assert_eq!(
         status(&d, &vol).get("backend").and_then(Value::as_str),
@@ -1235,19 +1186,10 @@ fn a_backends_file_open_to_others_is_refused() {
             d.write_backends(&[s3.backend("default"), s3.backend("second")]);
         }
     }
-    let mut last = String::new();
-    let ok = poll(Duration::from_secs(15), || {
-        match d.create(&vol, &[("bucket", &b), ("backend", "second")]) {
-            Ok(()) => Some(()),
-            Err(e) => {
-                last = e;
-                None
-            }
-        }
-    });
-    assert!(
-        ok.is_some(),
-        "the backends file, now 0600, was not taken within 15 s: {last}\n{}",
-        d.logs_tail(30)
+    create_within_15s(
+        &d,
+        &vol,
+        &[("bucket", &b), ("backend", "second")],
+        "the backends file, now 0600, was not taken",
     );
 }

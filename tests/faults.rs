@@ -21,59 +21,6 @@ use support::*;
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// Prerequisites, the shared S3 server and a fresh daemon (with `extra` flags) whose backend
-/// "default" is it.
-fn setup(test: &str, extra: &[&str]) -> Option<(&'static S3Server, Daemon)> {
-    if !prereqs(test) {
-        return None;
-    }
-    let s3 = shared_s3();
-    let d = Daemon::start_with(&[s3.backend("default")], extra);
-    Some((s3, d))
-}
-
-fn new_bucket(s3: &S3Server, tag: &str) -> String {
-    let b = unique_name(tag);
-    s3.s3()
-        .create_bucket(&b)
-        .unwrap_or_else(|e| panic!("create bucket {b}: {e}"));
-    b
-}
-
-/// A mount ID like Docker's (64 hex digits).
-fn new_id() -> String {
-    random_hex(32)
-}
-
-fn status(d: &Daemon, vol: &str) -> Value {
-    d.status(vol)
-        .unwrap_or_else(|e| panic!("Get {vol} failed: {e}\n{}", d.logs_tail(40)))
-}
-
-fn holders(st: &Value) -> u64 {
-    st.get("holders")
-        .and_then(Value::as_u64)
-        .unwrap_or_else(|| panic!("Status has no numeric \"holders\": {st}"))
-}
-
-fn mounted(st: &Value) -> bool {
-    st.get("mounted")
-        .and_then(Value::as_bool)
-        .unwrap_or_else(|| panic!("Status has no boolean \"mounted\": {st}"))
-}
-
-fn health(st: &Value) -> String {
-    st.get("health")
-        .and_then(Value::as_str)
-        .unwrap_or_else(|| panic!("Status has no string \"health\": {st}"))
-        .to_string()
-}
-
-fn create_ok(d: &Daemon, vol: &str, opts: &[(&str, &str)]) {
-    d.create(vol, opts)
-        .unwrap_or_else(|e| panic!("Create {vol} {opts:?} failed: {e}\n{}", d.logs_tail(40)));
-}
-
 fn mount_ok(d: &Daemon, vol: &str, id: &str) -> PathBuf {
     let mp = d
         .mount(vol, id)
@@ -85,11 +32,6 @@ fn mount_ok(d: &Daemon, vol: &str, id: &str) -> PathBuf {
         mp.display()
     );
     mp
-}
-
-fn unmount_ok(d: &Daemon, vol: &str, id: &str) {
-    d.unmount(vol, id)
-        .unwrap_or_else(|e| panic!("Unmount {vol} (ID {id}) failed: {e}\n{}", d.logs_tail(60)));
 }
 
 /// Live s3fs processes of this daemon that mount `bucket` (s3fs's first argument).
@@ -236,10 +178,8 @@ impl CrashModel {
 
 #[test]
 fn daemon_killed_at_random_points_keeps_volumes_mounts_and_counts() {
-    let Some((s3, mut d)) = setup(
-        "daemon_killed_at_random_points_keeps_volumes_mounts_and_counts",
-        &[],
-    ) else {
+    let Some((s3, mut d)) = setup("daemon_killed_at_random_points_keeps_volumes_mounts_and_counts")
+    else {
         return;
     };
     const KILLS: u32 = 80;
@@ -602,7 +542,7 @@ fn check_crash_invariants(
 
 #[test]
 fn killed_s3fs_is_shown_stale_and_remounted_by_the_health_check() {
-    let Some((s3, d)) = setup(
+    let Some((s3, d)) = setup_with(
         "killed_s3fs_is_shown_stale_and_remounted_by_the_health_check",
         &["--health-interval", "1"],
     ) else {
@@ -703,89 +643,13 @@ fn killed_s3fs_is_shown_stale_and_remounted_by_the_health_check() {
 // 3. The object store down
 // ---------------------------------------------------------------------------------------------
 
-/// `bai-s3 serve` on a harness daemon's socket, folders and backends file, with flags the
-/// harness sets itself (it passes `--mount-timeout 20`, and clap refuses a flag given twice).
-/// The harness daemon is stopped first; its guard still cleans up after the test. Drop stops
-/// this process (SIGTERM, then SIGKILL).
-struct OwnServe(std::process::Child);
-
-impl OwnServe {
-    fn start(d: &mut Daemon, flags: &[&str]) -> OwnServe {
-        d.stop();
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&d.log)
-            .unwrap();
-        let _ = writeln!(
-            &log,
-            "===== faults.rs: starting bai-s3 serve {flags:?} ====="
-        );
-        let mut cmd = Command::new(daemon_bin());
-        cmd.arg("serve")
-            .arg("--socket")
-            .arg(&d.socket)
-            .arg("--state-dir")
-            .arg(&d.state_dir)
-            .arg("--mount-root")
-            .arg(&d.mount_root)
-            .arg("--config")
-            .arg(&d.config)
-            .args(["--unmount-delay", "0", "--log-level", "trace"])
-            .args(flags)
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("BAI_S3_") || k == "RUST_LOG" {
-                cmd.env_remove(k);
-            }
-        }
-        // SAFETY: only an async-signal-safe prctl between fork and exec.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            cmd.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                    .map_err(std::io::Error::from)
-            });
-        }
-        let mut child = cmd.spawn().expect("spawn bai-s3 serve");
-        let up = poll(Duration::from_secs(20), || {
-            if let Ok(Some(st)) = child.try_wait() {
-                panic!("bai-s3 serve exited ({st})\n{}", d.logs_tail(30));
-            }
-            std::os::unix::net::UnixStream::connect(&d.socket)
-                .ok()
-                .map(|_| ())
-        });
-        assert!(
-            up.is_some(),
-            "bai-s3 serve {flags:?} not listening after 20 s"
-        );
-        OwnServe(child)
-    }
-}
-
-impl Drop for OwnServe {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        if poll(Duration::from_secs(10), || self.0.try_wait().ok().flatten()).is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
 #[test]
 fn object_store_down_create_and_mount_fail_in_bounded_time_and_leave_nothing() {
     if !prereqs("object_store_down_create_and_mount_fail_in_bounded_time_and_leave_nothing") {
         return;
     }
     let srv = S3Server::start_private();
-    let mut d = Daemon::start(&srv);
-    // The harness passes --mount-timeout 20 itself: run this daemon's `serve` by hand.
-    let _serve = OwnServe::start(&mut d, &["--mount-timeout", "5"]);
+    let d = Daemon::start_with(&[srv.backend("default")], &["--mount-timeout", "5"]);
     let b_pre = new_bucket(&srv, "down-pre");
     let b_new = new_bucket(&srv, "down-new");
     let vol_pre = unique_name("down-pre");
@@ -924,10 +788,7 @@ fn run(cmd: &str, args: &[&str]) {
 
 #[test]
 fn read_only_state_folder_refuses_changes_and_keeps_the_file() {
-    let Some((s3, d)) = setup(
-        "read_only_state_folder_refuses_changes_and_keeps_the_file",
-        &[],
-    ) else {
+    let Some((s3, d)) = setup("read_only_state_folder_refuses_changes_and_keeps_the_file") else {
         return;
     };
     let b1 = new_bucket(s3, "rostate1");
@@ -1022,8 +883,7 @@ fn read_only_state_folder_refuses_changes_and_keeps_the_file() {
 
 #[test]
 fn full_state_folder_refuses_changes_and_keeps_the_file() {
-    let Some((s3, mut d)) = setup("full_state_folder_refuses_changes_and_keeps_the_file", &[])
-    else {
+    let Some((s3, mut d)) = setup("full_state_folder_refuses_changes_and_keeps_the_file") else {
         return;
     };
     let b1 = new_bucket(s3, "fullstate");
@@ -1124,10 +984,8 @@ fn three_volumes(s3: &S3Server, d: &mut Daemon, tag: &str) -> Vec<String> {
 
 #[test]
 fn truncated_state_file_serves_what_it_can_and_keeps_a_copy() {
-    let Some((s3, mut d)) = setup(
-        "truncated_state_file_serves_what_it_can_and_keeps_a_copy",
-        &[],
-    ) else {
+    let Some((s3, mut d)) = setup("truncated_state_file_serves_what_it_can_and_keeps_a_copy")
+    else {
         return;
     };
     let names = three_volumes(s3, &mut d, "trunc");
@@ -1188,7 +1046,7 @@ fn truncated_state_file_serves_what_it_can_and_keeps_a_copy() {
 
 #[test]
 fn garbage_state_file_starts_empty_and_keeps_a_copy() {
-    let Some((s3, mut d)) = setup("garbage_state_file_starts_empty_and_keeps_a_copy", &[]) else {
+    let Some((s3, mut d)) = setup("garbage_state_file_starts_empty_and_keeps_a_copy") else {
         return;
     };
     let names = three_volumes(s3, &mut d, "garbage");
@@ -1347,10 +1205,7 @@ impl StressModel {
 
 #[test]
 fn stress_parallel_clients_keep_counts_and_one_s3fs_per_bucket() {
-    let Some((s3, d)) = setup(
-        "stress_parallel_clients_keep_counts_and_one_s3fs_per_bucket",
-        &[],
-    ) else {
+    let Some((s3, d)) = setup("stress_parallel_clients_keep_counts_and_one_s3fs_per_bucket") else {
         return;
     };
     const THREADS: usize = 16;
@@ -1731,7 +1586,7 @@ fn assert_mount_root_empty(d: &Daemon) {
 
 #[test]
 fn racing_last_holder_unmounts_and_the_docker_cp_pattern() {
-    let Some((s3, d)) = setup("racing_last_holder_unmounts_and_the_docker_cp_pattern", &[]) else {
+    let Some((s3, d)) = setup("racing_last_holder_unmounts_and_the_docker_cp_pattern") else {
         return;
     };
     const ROUNDS: usize = 12;

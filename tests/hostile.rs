@@ -23,42 +23,9 @@ use support::*;
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// Prerequisites, the shared S3 server and a fresh daemon whose backend "default" is it.
-fn setup(test: &str) -> Option<(&'static S3Server, Daemon)> {
-    if !prereqs(test) {
-        return None;
-    }
-    let s3 = shared_s3();
-    let d = Daemon::start(s3);
-    Some((s3, d))
-}
-
-fn new_bucket(s3: &S3Server, tag: &str) -> String {
-    let b = unique_name(tag);
-    s3.s3()
-        .create_bucket(&b)
-        .unwrap_or_else(|e| panic!("create bucket {b}: {e}"));
-    b
-}
-
-/// A mount ID like Docker's (64 hex digits).
-fn new_id() -> String {
-    random_hex(32)
-}
-
-fn create_ok(d: &Daemon, vol: &str, opts: &[(&str, &str)]) {
-    d.create(vol, opts)
-        .unwrap_or_else(|e| panic!("Create {vol} {opts:?} failed: {e}\n{}", d.logs_tail(40)));
-}
-
 fn mount_ok(d: &Daemon, vol: &str, id: &str) -> PathBuf {
     d.mount(vol, id)
         .unwrap_or_else(|e| panic!("Mount {vol} (ID {id}) failed: {e}\n{}", d.logs_tail(60)))
-}
-
-fn unmount_ok(d: &Daemon, vol: &str, id: &str) {
-    d.unmount(vol, id)
-        .unwrap_or_else(|e| panic!("Unmount {vol} (ID {id}) failed: {e}\n{}", d.logs_tail(60)));
 }
 
 /// Waits until nothing of the daemon is mounted and no s3fs of it is alive.
@@ -1324,105 +1291,6 @@ fn the_secret_key_appears_nowhere() {
 // 7. Mount churn
 // ---------------------------------------------------------------------------------------------
 
-/// `Daemon::start_with` cannot change a flag the harness already passes (clap refuses a second
-/// `--unmount-delay`), so these tests stop the harness's daemon and run their own `bai-s3 serve`
-/// on the same socket, folders, backends file and log, with the delay they need. The `Daemon`'s
-/// helpers (calls, s3fs and mount inspection, final cleanup) keep working on those paths.
-struct DelayedDaemon {
-    child: Option<std::process::Child>,
-}
-
-fn with_unmount_delay(d: &mut Daemon, secs: u32) -> DelayedDaemon {
-    d.kill9();
-    let logf = fs::OpenOptions::new().append(true).open(&d.log).unwrap();
-    let _ = writeln!(
-        &logf,
-        "===== hostile test: bai-s3 serve --unmount-delay {secs} ====="
-    );
-    let mut cmd = Command::new(daemon_bin());
-    cmd.arg("serve")
-        .arg("--socket")
-        .arg(&d.socket)
-        .arg("--state-dir")
-        .arg(&d.state_dir)
-        .arg("--mount-root")
-        .arg(&d.mount_root)
-        .arg("--config")
-        .arg(&d.config)
-        .args([
-            "--mount-timeout",
-            "20",
-            "--log-level",
-            "trace",
-            "--log-format",
-            "text",
-        ])
-        .arg("--unmount-delay")
-        .arg(secs.to_string())
-        .stdin(std::process::Stdio::null())
-        .stdout(logf.try_clone().unwrap())
-        .stderr(logf);
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("BAI_S3_") || k == "RUST_LOG" {
-            cmd.env_remove(k);
-        }
-    }
-    // Dies with the test thread that started it, like the harness's daemons.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                .map_err(std::io::Error::from)
-        });
-    }
-    let mut child = cmd.spawn().expect("spawn bai-s3 serve");
-    let listening = poll(Duration::from_secs(20), || {
-        if let Ok(Some(st)) = child.try_wait() {
-            panic!(
-                "bai-s3 serve --unmount-delay {secs} exited ({st})\n{}",
-                d.logs_tail(30)
-            );
-        }
-        UnixStream::connect(&d.socket).ok()
-    });
-    assert!(
-        listening.is_some(),
-        "bai-s3 serve --unmount-delay {secs} does not listen\n{}",
-        d.logs_tail(30)
-    );
-    DelayedDaemon { child: Some(child) }
-}
-
-impl DelayedDaemon {
-    fn pid(&self) -> i32 {
-        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
-    }
-
-    /// SIGTERM; waits up to `timeout` for the exit (then SIGKILL). Returns how long it took, or
-    /// None when it had to be killed.
-    fn terminate(&mut self, timeout: Duration) -> Option<Duration> {
-        let mut c = self.child.take()?;
-        let t = Instant::now();
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(c.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        match poll(timeout, || c.try_wait().ok().flatten()) {
-            Some(_) => Some(t.elapsed()),
-            None => {
-                let _ = c.kill();
-                let _ = c.wait();
-                None
-            }
-        }
-    }
-}
-
-impl Drop for DelayedDaemon {
-    fn drop(&mut self) {
-        self.terminate(Duration::from_secs(10));
-    }
-}
-
 /// Mount and Unmount `vol` `n` times, each with a new ID (as container start/stop does).
 fn churn(d: &Daemon, vol: &str, n: usize) {
     for i in 0..n {
@@ -1447,10 +1315,12 @@ fn s3fs_starts(d: &Daemon, from: usize) -> usize {
 
 #[test]
 fn churn_with_unmount_delay_starts_one_s3fs() {
-    let Some((s3, mut d)) = setup("churn_with_unmount_delay_starts_one_s3fs") else {
+    let Some((s3, d)) = setup_with(
+        "churn_with_unmount_delay_starts_one_s3fs",
+        &["--unmount-delay", "3"],
+    ) else {
         return;
     };
-    let _dd = with_unmount_delay(&mut d, 3);
     let b = new_bucket(s3, "churn-delay");
     let vol = unique_name("churn-delay-vol");
     create_ok(&d, &vol, &[("bucket", &b)]);
@@ -1503,10 +1373,12 @@ fn churn_without_unmount_delay_starts_one_s3fs_per_cycle() {
 
 #[test]
 fn remove_during_the_unmount_delay_ends_the_wait() {
-    let Some((s3, mut d)) = setup("remove_during_the_unmount_delay_ends_the_wait") else {
+    let Some((s3, d)) = setup_with(
+        "remove_during_the_unmount_delay_ends_the_wait",
+        &["--unmount-delay", "30"],
+    ) else {
         return;
     };
-    let _dd = with_unmount_delay(&mut d, 30);
     let b = new_bucket(s3, "delay-remove");
     let vol = unique_name("delay-remove-vol");
     create_ok(&d, &vol, &[("bucket", &b)]);
@@ -1537,10 +1409,12 @@ fn remove_during_the_unmount_delay_ends_the_wait() {
 
 #[test]
 fn sigterm_during_the_unmount_delay_ends_the_wait() {
-    let Some((s3, mut d)) = setup("sigterm_during_the_unmount_delay_ends_the_wait") else {
+    let Some((s3, mut d)) = setup_with(
+        "sigterm_during_the_unmount_delay_ends_the_wait",
+        &["--unmount-delay", "30"],
+    ) else {
         return;
     };
-    let mut dd = with_unmount_delay(&mut d, 30);
     let b = new_bucket(s3, "delay-term");
     let vol = unique_name("delay-term-vol");
     create_ok(&d, &vol, &[("bucket", &b)]);
@@ -1551,8 +1425,8 @@ fn sigterm_during_the_unmount_delay_ends_the_wait() {
         is_mountpoint(&mp) && d.s3fs_pids().len() == 1,
         "with --unmount-delay 30 the mount should still be there after the last Unmount"
     );
-    let pid = dd.pid();
-    let took = dd.terminate(Duration::from_secs(10));
+    let pid = d.pid().unwrap_or(0);
+    let took = d.terminate(Duration::from_secs(10));
     let logs = d.logs();
     assert!(
         took.is_some() && logs.contains("SIGTERM"),

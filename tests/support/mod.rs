@@ -847,13 +847,22 @@ impl Daemon {
 
     /// SIGTERM, then SIGKILL after 10 s.
     pub fn stop(&mut self) {
-        let Some(mut c) = self.child.take() else {
-            return;
-        };
+        self.terminate(Duration::from_secs(10));
+    }
+
+    /// SIGTERM; waits up to `timeout` for the exit (then SIGKILL). Returns how long the exit
+    /// took, or None when the daemon had to be killed (or was not running).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<Duration> {
+        let mut c = self.child.take()?;
+        let t = Instant::now();
         let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
-        if poll(Duration::from_secs(10), || c.try_wait().ok().flatten()).is_none() {
-            let _ = c.kill();
-            let _ = c.wait();
+        match poll(timeout, || c.try_wait().ok().flatten()) {
+            Some(_) => Some(t.elapsed()),
+            None => {
+                let _ = c.kill();
+                let _ = c.wait();
+                None
+            }
         }
     }
 
@@ -1103,6 +1112,79 @@ impl Drop for Daemon {
             panic!("the test ended with s3fs processes or mounts of its daemon still there: {l}\n{logs}");
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Test helpers shared by daemon.rs, faults.rs and hostile.rs
+// ---------------------------------------------------------------------------------------------
+
+/// Prerequisites, the shared S3 server and a fresh daemon whose backend "default" is it.
+pub fn setup(test: &str) -> Option<(&'static S3Server, Daemon)> {
+    setup_with(test, &[])
+}
+
+/// Like `setup`, with `extra` flags for the daemon (given last, so they override its defaults).
+pub fn setup_with(test: &str, extra: &[&str]) -> Option<(&'static S3Server, Daemon)> {
+    if !prereqs(test) {
+        return None;
+    }
+    let s3 = shared_s3();
+    let d = Daemon::start_with(&[s3.backend("default")], extra);
+    Some((s3, d))
+}
+
+/// A new bucket with a unique name, so that tests sharing one S3 server never meet.
+pub fn new_bucket(s3: &S3Server, tag: &str) -> String {
+    let b = unique_name(tag);
+    s3.s3()
+        .create_bucket(&b)
+        .unwrap_or_else(|e| panic!("create bucket {b}: {e}"));
+    b
+}
+
+/// A mount ID like Docker's (64 hex digits).
+pub fn new_id() -> String {
+    random_hex(32)
+}
+
+/// Create that must succeed; the panic carries the daemon's log.
+pub fn create_ok(d: &Daemon, vol: &str, opts: &[(&str, &str)]) {
+    d.create(vol, opts)
+        .unwrap_or_else(|e| panic!("Create {vol} {opts:?} failed: {e}\n{}", d.logs_tail(40)));
+}
+
+/// Unmount that must succeed; the panic carries the daemon's log.
+pub fn unmount_ok(d: &Daemon, vol: &str, id: &str) {
+    d.unmount(vol, id)
+        .unwrap_or_else(|e| panic!("Unmount {vol} (ID {id}) failed: {e}\n{}", d.logs_tail(60)));
+}
+
+/// The `Status` of a volume's Get, which must succeed; the panic carries the daemon's log.
+pub fn status(d: &Daemon, vol: &str) -> Value {
+    d.status(vol)
+        .unwrap_or_else(|e| panic!("Get {vol} failed: {e}\n{}", d.logs_tail(40)))
+}
+
+/// `holders` of a Status, which must be a number.
+pub fn holders(st: &Value) -> u64 {
+    st.get("holders")
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("Status has no numeric \"holders\": {st}"))
+}
+
+/// `mounted` of a Status, which must be a boolean.
+pub fn mounted(st: &Value) -> bool {
+    st.get("mounted")
+        .and_then(Value::as_bool)
+        .unwrap_or_else(|| panic!("Status has no boolean \"mounted\": {st}"))
+}
+
+/// `health` of a Status, which must be a string.
+pub fn health(st: &Value) -> String {
+    st.get("health")
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("Status has no string \"health\": {st}"))
+        .to_string()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -148,21 +147,7 @@ pub fn docker_answers() -> bool {
 
 /// A name unique to this run, valid as a Docker volume/container/service name and as a bucket.
 pub fn e2e_name(tag: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    let tag: String = tag
-        .to_ascii_lowercase()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .take(24)
-        .collect();
-    let name = format!(
-        "{NAME_PREFIX}{tag}-{:x}-{n}-{}",
-        std::process::id(),
-        support::random_hex(2)
-    );
-    assert!(name.len() <= 63, "name too long: {name}");
-    name
+    support::unique_name_with(NAME_PREFIX, tag, 24)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -137,15 +137,25 @@ fn random_key(len: usize) -> String {
 /// A name unique to this test process and call, valid both as a Docker volume name and as an S3
 /// bucket name: lowercase letters, digits and '-', 3..=63 characters, starting with a letter.
 pub fn unique_name(tag: &str) -> String {
+    unique_name_with("t-", tag, 30)
+}
+
+/// [`unique_name`] with its own `prefix` (by which a suite finds its leftovers) and at most
+/// `tag_len` characters of `tag`.
+pub fn unique_name_with(prefix: &str, tag: &str, tag_len: usize) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
     let tag: String = tag
         .to_ascii_lowercase()
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .take(30)
+        .take(tag_len)
         .collect();
-    let name = format!("t-{tag}-{:x}-{n}-{}", std::process::id(), random_hex(2));
+    let name = format!(
+        "{prefix}{tag}-{:x}-{n}-{}",
+        std::process::id(),
+        random_hex(2)
+    );
     assert!(name.len() <= 63, "unique name too long: {name}");
     name
 }

@@ -156,6 +156,9 @@ impl S3fsMounter {
             "retries=2".to_string(),
             "connect_timeout=5".to_string(),
             "dbglevel=warn".to_string(),
+            // s3fs's own log file is written line by line; its stdout is block-buffered and
+            // would say nothing before it exits.
+            format!("logfile={}", self.log_path(name).display()),
         ];
         if b.path_style {
             opts.push("use_path_request_style".to_string());
@@ -266,10 +269,14 @@ impl S3fsMounter {
                     "s3fs exited before the mount was ready: {said}"
                 )));
             }
+            // s3fs checks the bucket inside FUSE's init, so the probe can block until that
+            // check gives up: it must not hold the Mount past its deadline.
             let p = path.clone();
-            let ready = tokio::task::spawn_blocking(move || is_fuse_ready(&p))
-                .await
-                .unwrap_or(false);
+            let probe = tokio::task::spawn_blocking(move || is_fuse_ready(&p));
+            let ready = matches!(
+                tokio::time::timeout_at(deadline.into(), probe).await,
+                Ok(Ok(true))
+            );
             if ready {
                 tracing::info!(
                     shared = name,
@@ -414,18 +421,28 @@ fn open_log(path: &Path) -> std::io::Result<fs::File> {
     if let Some(dir) = path.parent() {
         create_dir(dir, 0o700)?;
     }
+    // Emptied for each start; then appended to, as s3fs writes it through `logfile` too.
     fs::OpenOptions::new()
         .create(true)
         .write(true)
         .truncate(true)
         .mode(0o600)
-        .open(path)
+        .open(path)?;
+    fs::OpenOptions::new().append(true).open(path)
 }
 
-/// The last lines s3fs wrote, for an error message.
+/// The last lines s3fs wrote, for an error message: its warnings and errors without their
+/// timestamps (its start-up notes say nothing about why a mount failed).
 fn log_tail(path: &Path) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(|l| match l.split_once(' ') {
+            Some((stamp, rest)) if stamp.len() >= 20 && stamp.ends_with('Z') => rest.trim(),
+            _ => l.trim(),
+        })
+        .filter(|l| !l.is_empty() && !l.starts_with("[INF]"))
+        .collect();
     let tail = lines[lines.len().saturating_sub(5)..].join(" | ");
     if tail.is_empty() {
         "(nothing)".to_string()
@@ -748,6 +765,25 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert!(a.starts_with("default-abc-"));
+    }
+
+    #[test]
+    fn log_tail_keeps_the_last_warnings_without_timestamps() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s3fs.log");
+        fs::write(
+            &p,
+            "2026-11-25T20:26:59.833Z [INF] curl.cpp:InitMimeType(434): Loaded mime information\n\
+             2026-11-25T20:26:59.834Z [ERR] curl.cpp:RequestPerform(2416): ### CURLE_COULDNT_CONNECT\n\
+             s3fs: could not determine how to establish security credentials.\n",
+        )
+        .unwrap();
+        assert_eq!(
+            log_tail(&p),
+            "[ERR] curl.cpp:RequestPerform(2416): ### CURLE_COULDNT_CONNECT | \
+             s3fs: could not determine how to establish security credentials."
+        );
+        assert_eq!(log_tail(&dir.path().join("none")), "(nothing)");
     }
 
     #[test]

@@ -2078,7 +2078,7 @@ fn run(sz: &Sizes) -> Res<()> {
         .map(String::from)
         .collect();
     if small_sets.is_empty() && small_ratio > 1.0 {
-        small_sets = ["cache=true", "stat-cache-expire=300", "parallel-count=2"]
+        small_sets = ["compat-dir=false", "cache=true", "stat-cache-expire=300"]
             .map(String::from)
             .to_vec();
     }
@@ -2221,6 +2221,7 @@ const ALLOWED: &[&str] = &[
     "parallel-count",
     "multipart-size",
     "stat-cache-expire",
+    "compat-dir",
     "ro",
     "uid",
     "gid",

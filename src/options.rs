@@ -43,6 +43,7 @@ pub const ALLOWED_KEYS: &[&str] = &[
     "parallel-count",
     "multipart-size",
     "stat-cache-expire",
+    "compat-dir",
 ];
 
 /// Keys (or key fragments) that name a credential; such options are refused outright.
@@ -112,6 +113,10 @@ pub struct Tuning {
     pub multipart_size: u32,
     /// Seconds a file's metadata stays cached (s3fs `stat_cache_expire`).
     pub stat_cache_expire: u32,
+    /// Recognise folders that other S3 clients made without a `dir/` object. Off (s3fs
+    /// `notsup_compat_dir`) saves three requests on every lookup of a missing name, which is
+    /// most of the cost of creating a file, for buckets written only through mounts.
+    pub compat_dir: bool,
 }
 
 impl Default for Tuning {
@@ -121,6 +126,7 @@ impl Default for Tuning {
             parallel_count: 8,
             multipart_size: 16,
             stat_cache_expire: 30,
+            compat_dir: true,
         }
     }
 }
@@ -165,6 +171,7 @@ impl VolumeOptions {
                 "stat-cache-expire" => {
                     o.tuning.stat_cache_expire = parse_range("stat-cache-expire", value, 0, 86400)?
                 }
+                "compat-dir" => o.tuning.compat_dir = parse_bool("compat-dir", value)?,
                 other => {
                     let lower = other.to_ascii_lowercase();
                     if CREDENTIAL_WORDS.iter().any(|w| lower.contains(w)) {
@@ -217,6 +224,7 @@ impl VolumeOptions {
             "stat-cache-expire".into(),
             self.tuning.stat_cache_expire.to_string(),
         );
+        m.insert("compat-dir".into(), self.tuning.compat_dir.to_string());
         m
     }
 
@@ -435,6 +443,7 @@ mod tests {
             ("parallel-count", "16"),
             ("multipart-size", "32"),
             ("stat-cache-expire", "0"),
+            ("compat-dir", "false"),
         ])
         .unwrap();
         assert_eq!(o.bucket, "team-data");
@@ -445,6 +454,7 @@ mod tests {
         assert_eq!(o.tuning.parallel_count, 16);
         assert_eq!(o.tuning.multipart_size, 32);
         assert_eq!(o.tuning.stat_cache_expire, 0);
+        assert!(!o.tuning.compat_dir);
     }
 
     #[test]

@@ -286,6 +286,53 @@ fn two_ids_share_one_s3fs() {
 }
 
 #[test]
+fn compat_dir_false_runs_its_own_s3fs_and_serves_what_the_mount_wrote() {
+    let Some((s3, d)) = setup("compat_dir_false_runs_its_own_s3fs_and_serves_what_the_mount_wrote")
+    else {
+        return;
+    };
+    let b = new_bucket(s3, "compat");
+    let (plain, fast) = (unique_name("compat-on"), unique_name("compat-off"));
+    create_ok(&d, &plain, &[("bucket", &b)]);
+    create_ok(&d, &fast, &[("bucket", &b), ("compat-dir", "false")]);
+    let (a, bb) = (new_id(), new_id());
+    let mp_plain = mount_ok(&d, &plain, &a);
+    let mp_fast = mount_ok(&d, &fast, &bb);
+    // Different s3fs settings never share a process.
+    let pids = d.s3fs_pids();
+    let with_flag: Vec<i32> = pids
+        .iter()
+        .copied()
+        .filter(|p| cmdline(*p).iter().any(|a| a.contains("notsup_compat_dir")))
+        .collect();
+    assert!(
+        pids.len() == 2 && with_flag.len() == 1,
+        "expected two s3fs, one with notsup_compat_dir: {:?}",
+        pids.iter().map(|p| cmdline(*p)).collect::<Vec<_>>()
+    );
+    fs::create_dir(mp_fast.join("dir")).unwrap();
+    fs::write(mp_fast.join("dir/f.txt"), b"fast").unwrap();
+    assert_eq!(
+        s3.s3().get(&b, "dir/f.txt").unwrap().as_deref(),
+        Some(&b"fast"[..])
+    );
+    unmount_ok(&d, &fast, &bb);
+    wait_for(
+        "the compat-dir=false s3fs to exit",
+        Duration::from_secs(10),
+        || (d.s3fs_pids().len() == 1).then_some(()),
+    );
+    // A fresh s3fs with the option finds the folder and the file the mount made.
+    let mp_fast = mount_ok(&d, &fast, &bb);
+    assert_eq!(fs::read(mp_fast.join("dir/f.txt")).unwrap(), b"fast");
+    assert_eq!(fs::read(mp_plain.join("dir/f.txt")).unwrap(), b"fast");
+    unmount_ok(&d, &fast, &bb);
+    unmount_ok(&d, &plain, &a);
+    wait_unmounted(&d, &mp_plain);
+    wait_unmounted(&d, &mp_fast);
+}
+
+#[test]
 fn the_same_id_twice_needs_two_unmounts() {
     let Some((s3, d)) = setup("the_same_id_twice_needs_two_unmounts") else {
         return;

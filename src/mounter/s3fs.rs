@@ -116,7 +116,7 @@ impl S3fsMounter {
             o.tuning.cache,
             o.tuning.parallel_count,
             o.tuning.multipart_size,
-        ) + &format!("|{}", o.tuning.stat_cache_expire);
+        ) + &format!("|{}|{}", o.tuning.stat_cache_expire, o.tuning.compat_dir);
         format!("{}-{}-{:016x}", o.backend, o.bucket, fnv1a(key.as_bytes()))
     }
 
@@ -162,6 +162,9 @@ impl S3fsMounter {
         ];
         if b.path_style {
             opts.push("use_path_request_style".to_string());
+        }
+        if !o.tuning.compat_dir {
+            opts.push("notsup_compat_dir".to_string());
         }
         if o.tuning.cache {
             let dir = self.cfg.state_dir.join("cache").join(name);
@@ -762,8 +765,10 @@ mod tests {
             ("ro", "true"),
         ]));
         let c = S3fsMounter::shared_name(&spec(&[("bucket", "abc"), ("uid", "1000")]));
+        let d = S3fsMounter::shared_name(&spec(&[("bucket", "abc"), ("compat-dir", "false")]));
         assert_eq!(a, b);
         assert_ne!(a, c);
+        assert_ne!(a, d);
         assert!(a.starts_with("default-abc-"));
     }
 
@@ -799,5 +804,9 @@ mod tests {
         assert!(!args.contains("TOPSECRET"), "{args}");
         assert!(args.contains("uid=1000") && args.contains("allow_other") && args.contains(" -f "));
         assert!(args.contains("use_cache=/s/cache/n"));
+        assert!(!args.contains("notsup_compat_dir"));
+        let s = spec(&[("bucket", "abc"), ("compat-dir", "false")]);
+        let args = m.s3fs_args(&s, "n", Path::new("/m/.s3fs/n")).join(" ");
+        assert!(args.contains(",notsup_compat_dir"), "{args}");
     }
 }

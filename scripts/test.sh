@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # `make test`: the whole suite. Unit tests; the real daemon against real s3fs and SeaweedFS;
-# the end-to-end tests against a real Docker engine. Under CI=true every prerequisite is
-# required (a missing one fails the run); otherwise tests whose prerequisites are missing say
-# SKIP and pass.
+# the end-to-end tests against a real Docker engine; a bounded fuzzing run (scripts/fuzz.sh).
+# Under CI=true every prerequisite is required (a missing one fails the run); otherwise tests
+# whose prerequisites are missing say SKIP and pass.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-groups=()
+groups=(fuzz)
 if [ "${CI:-}" = true ] || docker version >/dev/null 2>&1; then groups+=(docker); fi
 scripts/deps.sh "${groups[@]}"
 
 cargo fmt --all -- --check
+(cd fuzz && cargo fmt -- --check)
 cargo clippy --all-targets --locked -- -D warnings
 cargo build --release --locked
 cargo test --locked -- --test-threads="${BAI_S3_TEST_THREADS:-4}"
+scripts/fuzz.sh

@@ -46,7 +46,11 @@ fn s3fs_of_bucket(d: &Daemon, bucket: &str) -> Vec<i32> {
 fn s3fs_per_bucket(d: &Daemon) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for p in d.s3fs_pids() {
-        let b = cmdline(p).get(1).cloned().unwrap_or_default();
+        // An s3fs that exited since it was listed has no command line left (a zombie until
+        // reaped); it serves no bucket.
+        let Some(b) = cmdline(p).get(1).cloned() else {
+            continue;
+        };
         *m.entry(b).or_insert(0) += 1;
     }
     m

@@ -435,7 +435,8 @@ fn open_log(path: &Path) -> std::io::Result<fs::File> {
 }
 
 /// The last lines s3fs wrote, for an error message: its warnings and errors without their
-/// timestamps (its start-up notes say nothing about why a mount failed).
+/// timestamps (its start-up notes, and the note that it set the log level we asked for, say
+/// nothing about why a mount failed).
 fn log_tail(path: &Path) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text
@@ -444,7 +445,7 @@ fn log_tail(path: &Path) -> String {
             Some((stamp, rest)) if stamp.len() >= 20 && stamp.ends_with('Z') => rest.trim(),
             _ => l.trim(),
         })
-        .filter(|l| !l.is_empty() && !l.starts_with("[INF]"))
+        .filter(|l| !l.is_empty() && !l.starts_with("[INF]") && !l.contains("LowSetLogLevel"))
         .collect();
     let tail = lines[lines.len().saturating_sub(5)..].join(" | ");
     if tail.is_empty() {
@@ -779,6 +780,7 @@ mod tests {
         fs::write(
             &p,
             "2026-11-25T20:26:59.833Z [INF] curl.cpp:InitMimeType(434): Loaded mime information\n\
+             2026-11-25T20:26:59.834Z [CRT] s3fs_logger.cpp:LowSetLogLevel(240): change debug level from [CRT] to [WAN] \n\
              2026-11-25T20:26:59.834Z [ERR] curl.cpp:RequestPerform(2416): ### CURLE_COULDNT_CONNECT\n\
              s3fs: could not determine how to establish security credentials.\n",
         )

@@ -114,8 +114,9 @@ pub struct Tuning {
     /// Seconds a file's metadata stays cached (s3fs `stat_cache_expire`).
     pub stat_cache_expire: u32,
     /// Recognise folders that other S3 clients made without a `dir/` object. Off (s3fs
-    /// `notsup_compat_dir`) saves three requests on every lookup of a missing name, which is
-    /// most of the cost of creating a file, for buckets written only through mounts.
+    /// `notsup_compat_dir`) spares s3fs its probes for other folder spellings on every lookup
+    /// of a missing name, which every file creation starts with: for buckets written only
+    /// through mounts.
     pub compat_dir: bool,
 }
 

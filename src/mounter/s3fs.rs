@@ -116,7 +116,10 @@ impl S3fsMounter {
             o.tuning.cache,
             o.tuning.parallel_count,
             o.tuning.multipart_size,
-        ) + &format!("|{}|{}", o.tuning.stat_cache_expire, o.tuning.compat_dir);
+        ) + &format!("|{}", o.tuning.stat_cache_expire)
+            // Only when not the default, so that the names of mounts made before the option
+            // existed stay the same and an upgraded daemon keeps sharing them.
+            + if o.tuning.compat_dir { "" } else { "|notsup_compat_dir" };
         format!("{}-{}-{:016x}", o.backend, o.bucket, fnv1a(key.as_bytes()))
     }
 
@@ -771,6 +774,8 @@ mod tests {
         assert_ne!(a, c);
         assert_ne!(a, d);
         assert!(a.starts_with("default-abc-"));
+        // Pinned: a daemon finds the shared mounts of an earlier version by these names.
+        assert_eq!(a, "default-abc-d18409f455ef3340");
     }
 
     #[test]

@@ -101,8 +101,8 @@ impl S3fsMounter {
     fn shared_name(spec: &MountSpec) -> String {
         let o = &spec.options;
         let b = &spec.backend;
-        let key = format!(
-            "{}|{}|{}|{}|{}|{}|{}|{}|{:?}|{}|{}|{}|{}",
+        let mut key = format!(
+            "{}|{}|{}|{}|{}|{}|{}|{}|{:?}|{}|{}|{}|{}|{}",
             spec.options.backend,
             o.bucket,
             o.uid,
@@ -116,10 +116,13 @@ impl S3fsMounter {
             o.tuning.cache,
             o.tuning.parallel_count,
             o.tuning.multipart_size,
-        ) + &format!("|{}", o.tuning.stat_cache_expire)
-            // Only when not the default, so that the names of mounts made before the option
-            // existed stay the same and an upgraded daemon keeps sharing them.
-            + if o.tuning.compat_dir { "" } else { "|notsup_compat_dir" };
+            o.tuning.stat_cache_expire,
+        );
+        // Only when not the default, so that the names of mounts made before the option
+        // existed stay the same and an upgraded daemon keeps sharing them.
+        if !o.tuning.compat_dir {
+            key.push_str("|notsup_compat_dir");
+        }
         format!("{}-{}-{:016x}", o.backend, o.bucket, fnv1a(key.as_bytes()))
     }
 
@@ -427,14 +430,14 @@ fn open_log(path: &Path) -> std::io::Result<fs::File> {
     if let Some(dir) = path.parent() {
         create_dir(dir, 0o700)?;
     }
-    // Emptied for each start; then appended to, as s3fs writes it through `logfile` too.
-    fs::OpenOptions::new()
+    // Appended to, as s3fs writes it through `logfile` too; emptied for each start.
+    let f = fs::OpenOptions::new()
         .create(true)
-        .write(true)
-        .truncate(true)
+        .append(true)
         .mode(0o600)
         .open(path)?;
-    fs::OpenOptions::new().append(true).open(path)
+    f.set_len(0)?;
+    Ok(f)
 }
 
 /// The last lines s3fs wrote, for an error message: its warnings and errors without their

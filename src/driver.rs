@@ -104,6 +104,7 @@ impl Volume {
             options: self.options.to_map(),
             created_at: self.created_at.clone(),
             holders: st.holders.clone(),
+            shared: None,
         }
     }
 

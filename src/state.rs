@@ -30,6 +30,11 @@ pub struct VolumeRecord {
     /// Mount count per caller ID; absent IDs hold nothing.
     #[serde(default)]
     pub holders: BTreeMap<String, u64>,
+    /// The shared s3fs mount this volume's bind was made from while it is mounted (its folder
+    /// name under `<mount-root>/.s3fs/`), so that a restarted daemon finds and adopts the live
+    /// mount from the state and the mount table alone, whatever the backends file says now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -256,6 +261,7 @@ mod tests {
             } else {
                 BTreeMap::new()
             },
+            shared: None,
         }
     }
 

@@ -80,6 +80,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
     let d = Arc::clone(&driver);
     let interval = Duration::from_secs(args.health_interval);
     tokio::spawn(async move {
+        d.restored().await;
         let mut tick = tokio::time::interval(interval);
         tick.tick().await;
         loop {

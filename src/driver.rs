@@ -21,7 +21,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::backends::{Backend, Backends};
 use crate::error::{Error, Result};
-use crate::mounter::{Health, MountSpec, Mounter};
+use crate::mounter::{Adoption, Health, MountSpec, Mounter};
 use crate::options::{validate_volume_name, VolumeOptions};
 use crate::s3check::BucketChecker;
 use crate::state::{Store, VolumeRecord};
@@ -53,6 +53,8 @@ struct VolState {
     last_failure: Option<String>,
     /// Bumped whenever a holder arrives, cancelling a pending delayed unmount.
     release_gen: u64,
+    /// The shared mount the live mount is a view of (persisted, for restore).
+    shared: Option<String>,
 }
 
 /// A copy of the volume's state for Get/List, updated under the volume's lock.
@@ -72,7 +74,13 @@ struct Waiter {
 
 struct Volume {
     name: String,
-    options: VolumeOptions,
+    /// The options as stored: written back unchanged, and shown, when this version refuses
+    /// them.
+    raw: BTreeMap<String, String>,
+    /// The parsed options, or why this version refuses the stored ones. Such a volume stays
+    /// listed, keeps its live mount and its holders, and answers their Unmounts; only a new
+    /// mount of it fails, saying why.
+    options: std::result::Result<VolumeOptions, String>,
     created_at: String,
     target: PathBuf,
     state: tokio::sync::Mutex<VolState>,
@@ -82,9 +90,16 @@ struct Volume {
 }
 
 impl Volume {
-    fn new(name: &str, options: VolumeOptions, created_at: String, root: &Path) -> Self {
+    fn new(
+        name: &str,
+        raw: BTreeMap<String, String>,
+        options: std::result::Result<VolumeOptions, String>,
+        created_at: String,
+        root: &Path,
+    ) -> Self {
         Volume {
             name: name.to_string(),
+            raw,
             options,
             created_at,
             target: root.join(name),
@@ -101,10 +116,10 @@ impl Volume {
 
     fn record(&self, st: &VolState) -> VolumeRecord {
         VolumeRecord {
-            options: self.options.to_map(),
+            options: self.raw.clone(),
             created_at: self.created_at.clone(),
             holders: st.holders.clone(),
-            shared: None,
+            shared: st.shared.clone(),
         }
     }
 
@@ -114,6 +129,13 @@ impl Volume {
 
     fn queue_take(&self) -> Vec<Waiter> {
         std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn queue_is_empty(&self) -> bool {
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
     }
 
     fn publish(&self, st: &VolState) {
@@ -160,21 +182,23 @@ impl<M: Mounter> Driver<M> {
         let volumes = DashMap::new();
         let config = backends.path().display().to_string();
         for (name, rec) in store.records() {
-            match VolumeOptions::parse(&name, &rec.options, &config) {
-                Ok(options) => {
-                    let v =
-                        Volume::new(&name, options, rec.created_at.clone(), &settings.mount_root);
-                    {
-                        let mut st = v.state.try_lock().expect("new volume is unlocked");
-                        st.holders = rec.holders.clone();
-                        v.publish(&st);
-                    }
-                    volumes.insert(name, Arc::new(v));
-                }
-                Err(e) => {
-                    tracing::error!(volume = %name, error = %e, "volume in the state file has options this version refuses; it is kept in the file but not served")
-                }
+            let options = VolumeOptions::parse(&name, &rec.options, &config).map_err(|e| {
+                tracing::error!(volume = %name, error = %e, "volume in the state has options this version refuses; it stays listed and keeps its live mount, but cannot be mounted anew");
+                format!("its stored options are refused by this bai-s3 ({e})")
+            });
+            let v = Volume::new(
+                &name,
+                rec.options.clone(),
+                options,
+                rec.created_at.clone(),
+                &settings.mount_root,
+            );
+            if let Ok(mut st) = v.state.try_lock() {
+                st.holders = rec.holders.clone();
+                st.shared = rec.shared.clone();
+                v.publish(&st);
             }
+            volumes.insert(name, Arc::new(v));
         }
         let (restored_tx, restored) = watch::channel(false);
         Arc::new(Driver {
@@ -231,10 +255,14 @@ impl<M: Mounter> Driver<M> {
     }
 
     fn spec(&self, vol: &Volume) -> Result<MountSpec> {
+        let options = vol.options.clone().map_err(|problem| Error::Unresolvable {
+            name: vol.name.clone(),
+            problem,
+        })?;
         Ok(MountSpec {
             volume: vol.name.clone(),
-            options: vol.options.clone(),
-            backend: self.backend(&vol.options.backend)?,
+            backend: self.backend(&options.backend)?,
+            options,
             target: vol.target.clone(),
         })
     }
@@ -265,7 +293,8 @@ impl<M: Mounter> Driver<M> {
         }
         let vol = Volume::new(
             name,
-            options,
+            options.to_map(),
+            Ok(options),
             rfc3339(SystemTime::now()),
             &self.settings.mount_root,
         );
@@ -290,13 +319,18 @@ impl<M: Mounter> Driver<M> {
                 holders,
             });
         }
-        self.persist(name, None, true)?;
+        {
+            // With Create's lock: a Create of this name either sees the volume (and succeeds
+            // before it goes) or registers it anew after, never acknowledged and then lost.
+            let _guard = self.create_lock.lock().await;
+            self.persist(name, None, true)?;
+            st.removed = true;
+            self.volumes.remove(name);
+        }
         if st.mounted {
             // A delayed unmount was pending: Remove ends the wait.
             self.unmount_now(&vol, &mut st).await;
         }
-        st.removed = true;
-        self.volumes.remove(name);
         Ok(())
     }
 
@@ -305,23 +339,28 @@ impl<M: Mounter> Driver<M> {
     /// Callers queue on the volume and whoever holds its lock serves the whole queue: one mount
     /// attempt whose outcome all share, and one state write for all their holders. So 64
     /// containers starting at once cost one s3fs and one write, not 64 of each.
+    ///
+    /// The work runs in a task of its own, so a caller that goes away (dockerd timed out, the
+    /// connection dropped) never cancels a mount half-way; its queued Mount is then not
+    /// counted (no holder that nobody will unmount).
     pub async fn mount(self: &Arc<Self>, name: &str, id: &str) -> Result<PathBuf> {
         self.wait_restored().await?;
         let vol = self.volume(name)?;
-        let (tx, mut rx) = oneshot::channel();
+        let (tx, rx) = oneshot::channel();
         vol.queue_push(Waiter {
             id: id.to_string(),
             reply: tx,
         });
-        let mut st = vol.state.lock().await;
-        // A previous holder of the lock may have served us with its batch.
-        if let Ok(served) = rx.try_recv() {
-            return served;
-        }
-        self.serve_mounts(&vol, &mut st).await;
-        drop(st);
-        rx.try_recv()
-            .unwrap_or_else(|_| Err(Error::Internal("mount reply lost".into())))
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut st = vol.state.lock().await;
+            // A previous holder of the lock may have served this Mount with its batch.
+            if !vol.queue_is_empty() {
+                me.serve_mounts(&vol, &mut st).await;
+            }
+        });
+        rx.await
+            .unwrap_or_else(|_| Err(Error::Internal("the mount did not finish".into())))
     }
 
     /// Serve every queued Mount of `vol` (the caller holds its lock and is in the queue).
@@ -350,7 +389,21 @@ impl<M: Mounter> Driver<M> {
                 return;
             }
         }
-        let batch = vol.queue_take();
+        let mut batch = vol.queue_take();
+        // A caller that went away while waiting is not counted: nobody would unmount it.
+        batch.retain(|w| {
+            let here = !w.reply.is_closed();
+            if !here {
+                tracing::info!(volume = %vol.name, id = %w.id, "the caller of a Mount went away before it was served; not counted");
+            }
+            here
+        });
+        if batch.is_empty() {
+            if mounted_here && st.holders.is_empty() {
+                self.unmount_now(vol, st).await;
+            }
+            return;
+        }
         for w in &batch {
             *st.holders.entry(w.id.clone()).or_insert(0) += 1;
         }
@@ -367,7 +420,23 @@ impl<M: Mounter> Driver<M> {
             return;
         }
         vol.publish(st);
-        reply_all(batch, &Ok(vol.target.clone()));
+        let mut gone = Vec::new();
+        for w in batch {
+            if w.reply.send(Ok(vol.target.clone())).is_err() {
+                gone.push(w.id);
+            }
+        }
+        if !gone.is_empty() {
+            // Went away in the last instant: take its count back.
+            for id in &gone {
+                tracing::info!(volume = %vol.name, id = %id, "the caller of a Mount went away before its answer; not counted");
+                decrement(&mut st.holders, id);
+            }
+            if let Err(e) = self.persist(&vol.name, Some(vol.record(st)), false) {
+                tracing::warn!(volume = %vol.name, error = %e, "could not save dropping a gone caller's Mount");
+            }
+            vol.publish(st);
+        }
     }
 
     async fn mount_now(&self, vol: &Volume, st: &mut VolState) -> Result<()> {
@@ -378,6 +447,7 @@ impl<M: Mounter> Driver<M> {
             }),
             Err(e) => Err(e),
         };
+        let result = result.map(|shared| st.shared = Some(shared));
         match &result {
             Ok(()) => {
                 st.mounted = true;
@@ -398,6 +468,7 @@ impl<M: Mounter> Driver<M> {
             tracing::warn!(volume = %vol.name, error = %e, "unmount");
         }
         st.mounted = false;
+        st.shared = None;
         tracing::info!(volume = %vol.name, "unmounted");
         vol.publish(st);
     }
@@ -469,38 +540,73 @@ impl<M: Mounter> Driver<M> {
 
     /// `/VolumeDriver.List`, sorted by name.
     pub fn list(&self) -> Vec<VolumeInfo> {
-        let mut v: Vec<VolumeInfo> = self.volumes.iter().map(|e| self.info(e.value())).collect();
+        let backends = self.backends.current();
+        let mut v: Vec<VolumeInfo> = self
+            .volumes
+            .iter()
+            .map(|e| self.info_with(e.value(), &backends))
+            .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
 
     fn info(&self, vol: &Volume) -> VolumeInfo {
+        self.info_with(vol, &self.backends.current())
+    }
+
+    fn info_with(&self, vol: &Volume, backends: &BTreeMap<String, Backend>) -> VolumeInfo {
         let view = vol.view.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let health = if view.mounted {
             match self.mounter.health(&vol.target) {
-                Health::Ok => Health::Ok,
-                _ => Health::Stale,
+                Health::NotMounted => Health::Stale,
+                h => h,
             }
         } else {
             Health::NotMounted
         };
-        let o = &vol.options;
         let mut status = Map::new();
-        status.insert("backend".into(), json!(o.backend));
-        status.insert("bucket".into(), json!(o.bucket));
-        if let Some(p) = &o.prefix {
-            status.insert("prefix".into(), json!(p));
-        }
-        status.insert("ro".into(), json!(o.ro));
-        status.insert("uid".into(), json!(o.uid));
-        status.insert("gid".into(), json!(o.gid));
-        status.insert("umask".into(), json!(format!("{:03o}", o.umask)));
+        // Why a new mount of this volume would fail, while existing mounts go on.
+        let problem = match &vol.options {
+            Ok(o) => {
+                status.insert("backend".into(), json!(o.backend));
+                status.insert("bucket".into(), json!(o.bucket));
+                if let Some(p) = &o.prefix {
+                    status.insert("prefix".into(), json!(p));
+                }
+                status.insert("ro".into(), json!(o.ro));
+                status.insert("uid".into(), json!(o.uid));
+                status.insert("gid".into(), json!(o.gid));
+                status.insert("umask".into(), json!(format!("{:03o}", o.umask)));
+                (!backends.contains_key(&o.backend)).then(|| {
+                    format!(
+                        "backend {:?} is not configured in {}{}",
+                        o.backend,
+                        self.backends.path().display(),
+                        self.backends
+                            .problem()
+                            .map(|p| format!(" ({p})"))
+                            .unwrap_or_default()
+                    )
+                })
+            }
+            Err(problem) => {
+                for key in ["backend", "bucket", "prefix"] {
+                    if let Some(v) = vol.raw.get(key) {
+                        status.insert(key.into(), json!(v));
+                    }
+                }
+                Some(problem.clone())
+            }
+        };
         status.insert("mounted".into(), json!(view.mounted));
         status.insert("holders".into(), json!(view.holders));
         status.insert("health".into(), json!(health.as_str()));
         status.insert("since".into(), json!(rfc3339(view.since)));
         if let Some(e) = view.last_error {
             status.insert("last-error".into(), json!(e));
+        }
+        if let Some(p) = problem {
+            status.insert("problem".into(), json!(p));
         }
         VolumeInfo {
             name: vol.name.clone(),
@@ -517,31 +623,45 @@ impl<M: Mounter> Driver<M> {
     /// After a start: re-adopt live mounts of held volumes, clear what earlier runs left, then
     /// mount again what should be mounted but is not. Runs in the background while the socket
     /// already answers; Mount, Unmount and Remove wait for it.
+    ///
+    /// Adoption needs only the state and the mount table: a volume whose backend is gone, whose
+    /// backends file is broken or whose stored options this version refuses keeps its live
+    /// mount and its holders. Nothing a held volume uses is swept, whatever state it is in.
     pub async fn restore(self: &Arc<Self>) {
+        // However this ends (a panic included), Mount, Unmount and Remove stop waiting.
+        struct Finished<'a>(&'a watch::Sender<bool>);
+        impl Drop for Finished<'_> {
+            fn drop(&mut self) {
+                let _ = self.0.send(true);
+            }
+        }
+        let _finished = Finished(&self.restored_tx);
         let vols: Vec<Arc<Volume>> = self.volumes.iter().map(|e| e.value().clone()).collect();
         let mut to_mount = Vec::new();
+        let mut keep = Vec::new();
         for vol in &vols {
             let mut st = vol.state.lock().await;
             if st.holders.is_empty() {
                 continue;
             }
-            match self.spec(vol) {
-                Ok(spec) if self.mounter.adopt(&spec).await => {
+            keep.push(vol.target.clone());
+            match self.mounter.adopt(&vol.target, st.shared.as_deref()).await {
+                Adoption::Live { shared } => {
                     st.mounted = true;
+                    if st.shared.as_deref() != Some(shared.as_str()) {
+                        st.shared = Some(shared);
+                        if let Err(e) = self.persist(&vol.name, Some(vol.record(&st)), false) {
+                            tracing::warn!(volume = %vol.name, error = %e, "could not save the adopted mount's name");
+                        }
+                    }
                     vol.publish(&st);
                 }
-                _ => to_mount.push(vol.clone()),
-            }
-        }
-        let keep: Vec<PathBuf> = {
-            let mut keep = Vec::new();
-            for vol in &vols {
-                if vol.state.lock().await.mounted {
-                    keep.push(vol.target.clone());
+                found => {
+                    tracing::info!(volume = %vol.name, ?found, "held volume has no live mount; mounting it again");
+                    to_mount.push(vol.clone());
                 }
             }
-            keep
-        };
+        }
         self.mounter.sweep(&keep).await;
         let mut tasks = tokio::task::JoinSet::new();
         for vol in to_mount {
@@ -554,38 +674,58 @@ impl<M: Mounter> Driver<M> {
             });
         }
         while tasks.join_next().await.is_some() {}
-        let _ = self.restored_tx.send(true);
         tracing::info!(volumes = vols.len(), "restore finished");
     }
 
+    /// Waits until restore has finished (the health loop must not repair what restore is
+    /// still adopting).
+    pub async fn restored(&self) {
+        let mut rx = self.restored.clone();
+        let _ = rx.wait_for(|done| *done).await;
+    }
+
     /// One round of the periodic health check: a held volume whose mount died is mounted
-    /// again, so that the next container gets a working mount.
+    /// again, so that the next container gets a working mount. Only a dead mount (its s3fs
+    /// gone, its FUSE connection gone) is touched; a slow one is shown as `slow` and left
+    /// alone. Probes run side by side, so one wedged s3fs does not hold up the others.
     pub async fn check_health(self: &Arc<Self>) {
-        let vols: Vec<Arc<Volume>> = self.volumes.iter().map(|e| e.value().clone()).collect();
-        for vol in vols {
-            let mounted = vol.view.lock().unwrap_or_else(|e| e.into_inner()).mounted;
-            if !mounted || self.mounter.probe(&vol.target).await != Health::Stale {
+        let mut probes = tokio::task::JoinSet::new();
+        for vol in self.volumes.iter().map(|e| e.value().clone()) {
+            if !vol.view.lock().unwrap_or_else(|e| e.into_inner()).mounted {
                 continue;
             }
-            let mut st = vol.state.lock().await;
-            if !st.mounted || st.removed {
-                continue;
-            }
-            tracing::warn!(volume = %vol.name, "health check: mount is stale; mounting again");
-            self.unmount_now(&vol, &mut st).await;
-            if !st.holders.is_empty() {
-                let _ = self.mount_now(&vol, &mut st).await;
-            }
+            let me = Arc::clone(self);
+            probes.spawn(async move {
+                if me.mounter.probe(&vol.target).await != Health::Stale {
+                    return;
+                }
+                let mut st = vol.state.lock().await;
+                if !st.mounted || st.removed {
+                    return;
+                }
+                tracing::warn!(volume = %vol.name, "health check: mount is stale; mounting again");
+                me.unmount_now(&vol, &mut st).await;
+                if !st.holders.is_empty() {
+                    let _ = me.mount_now(&vol, &mut st).await;
+                }
+            });
         }
+        while probes.join_next().await.is_some() {}
     }
 
     /// On SIGTERM: refuse new Mounts, and end pending delayed unmounts now. Mounts that
     /// containers hold are left alone.
+    ///
+    /// A volume busy with a call (a Mount waiting on a wedged s3fs) is skipped rather than
+    /// waited for: shutdown must not hang on one bucket.
     pub async fn shutdown(&self) {
         self.shutting_down.store(true, Ordering::Release);
         let vols: Vec<Arc<Volume>> = self.volumes.iter().map(|e| e.value().clone()).collect();
         for vol in vols {
-            let mut st = vol.state.lock().await;
+            let Ok(mut st) = vol.state.try_lock() else {
+                tracing::info!(volume = %vol.name, "busy at shutdown; left as it is");
+                continue;
+            };
             if st.mounted && st.holders.is_empty() {
                 self.unmount_now(&vol, &mut st).await;
             }
@@ -608,13 +748,16 @@ fn decrement(holders: &mut BTreeMap<String, u64>, id: &str) {
 }
 
 fn same_or_conflict(existing: &Volume, options: &VolumeOptions) -> Result<()> {
-    if &existing.options == options {
-        Ok(())
-    } else {
-        Err(Error::Conflict {
+    match &existing.options {
+        Ok(o) if o == options => Ok(()),
+        Ok(o) => Err(Error::Conflict {
             name: existing.name.clone(),
-            differences: existing.options.differences(options),
-        })
+            differences: o.differences(options),
+        }),
+        Err(problem) => Err(Error::Unresolvable {
+            name: existing.name.clone(),
+            problem: problem.clone(),
+        }),
     }
 }
 

@@ -27,6 +27,8 @@ pub enum Error {
     InUse { name: String, holders: u64 },
     #[error("{0}")]
     Bucket(String),
+    #[error("volume {name:?} cannot be mounted anew: {problem}; its live mounts are kept. Remove it when no container uses it (docker volume rm) and create it again")]
+    Unresolvable { name: String, problem: String },
     #[error("mounting volume {name:?} failed: {message}")]
     Mount { name: String, message: String },
     #[error("bai-s3 could not save its state to {path}: {source}; nothing was changed")]

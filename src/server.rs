@@ -280,10 +280,9 @@ async fn route<M: Mounter>(
             let r: MountRequest = decode(endpoint, &body)?;
             log.volume = Some(r.name.clone());
             log.id = Some(r.id.clone());
-            let d = driver.clone();
-            let p = detached(async move { d.mount(&r.name, &r.id).await })
-                .await
-                .map_err(driver_err)?;
+            // The driver runs the mount in a task of its own and drops the Mount of a caller
+            // that went away, so this call is not detached.
+            let p = driver.mount(&r.name, &r.id).await.map_err(driver_err)?;
             Ok(reply(
                 ok,
                 &MountpointReply {

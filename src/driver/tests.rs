@@ -182,17 +182,7 @@ async fn state_survives_a_restart_and_live_mounts_are_adopted() {
 
     let m = FakeMounter::default();
     m.alive_after_restart.lock().unwrap().push(target.clone());
-    let (store, _) = Store::open(&env.dir.path().join("state")).unwrap();
-    let d2 = Driver::new(
-        m,
-        Box::new(OkChecker),
-        Backends::open(&env.dir.path().join("backends.toml")),
-        store,
-        Settings {
-            mount_root: env.dir.path().join("mnt"),
-            unmount_delay: Duration::ZERO,
-        },
-    );
+    let d2 = restarted(&env, m);
     d2.restore().await;
     assert_eq!(d2.list().len(), 2);
     assert_eq!(holders(&d2, "vol"), 3);
@@ -278,4 +268,154 @@ async fn a_burst_of_first_mounts_is_served_as_one_batch() {
     let rec = &store.records()["vol"];
     assert_eq!(rec.holders.len(), 32);
     assert!(rec.holders.values().all(|n| *n == 2));
+}
+
+/// A driver on `env`'s state folder after a restart, with `m` as its mounter.
+fn restarted(env: &Env, m: FakeMounter) -> Arc<Driver<FakeMounter>> {
+    let (store, _) = Store::open(&env.dir.path().join("state")).unwrap();
+    Driver::new(
+        m,
+        Box::new(OkChecker),
+        Backends::open(&env.dir.path().join("backends.toml")),
+        store,
+        Settings {
+            mount_root: env.dir.path().join("mnt"),
+            unmount_delay: Duration::ZERO,
+        },
+    )
+}
+
+#[tokio::test]
+async fn a_live_mount_is_adopted_with_the_backends_file_broken_or_the_options_refused() {
+    let env = Env::new();
+    let d = env.driver(FakeMounter::default(), Duration::ZERO);
+    d.create("vol", &opts(&[])).await.unwrap();
+    d.create("odd", &opts(&[("bucket", "oddbucket")]))
+        .await
+        .unwrap();
+    let t1 = d.mount("vol", "a").await.unwrap();
+    let t2 = d.mount("odd", "b").await.unwrap();
+    drop(d);
+    // The record of `odd` as a newer version might write it; the backends file made too open.
+    let (store, _) = Store::open(&env.dir.path().join("state")).unwrap();
+    let mut rec = store.records()["odd"].clone();
+    assert_eq!(
+        rec.shared.as_deref(),
+        Some("shared-oddbucket"),
+        "mount name persisted"
+    );
+    rec.options.insert("colour".into(), "blue".into());
+    store.update("odd", Some(rec), true).unwrap();
+    drop(store);
+    let cfg = env.dir.path().join("backends.toml");
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let m = FakeMounter::default();
+    m.alive_after_restart.lock().unwrap().extend([t1, t2]);
+    let d2 = restarted(&env, m);
+    d2.restore().await;
+    assert_eq!(d2.mounter.mounts.load(Ordering::SeqCst), 0);
+    for name in ["vol", "odd"] {
+        let st = d2.get(name).unwrap().status;
+        assert_eq!(st["holders"], 1, "{name}: {st:?}");
+        assert_eq!(st["health"], "ok", "{name}: {st:?}");
+        assert!(
+            st["problem"].is_string(),
+            "{name} says why a new mount fails: {st:?}"
+        );
+    }
+    let odd = d2.get("odd").unwrap().status;
+    assert!(
+        odd["problem"].as_str().unwrap().contains("colour"),
+        "{odd:?}"
+    );
+    assert_eq!(odd["bucket"], "oddbucket");
+    // A second holder of a live mount needs no options; a refused volume gives its reason
+    // only when a mount would have to be made.
+    d2.mount("odd", "c").await.unwrap();
+    for (name, id) in [("vol", "a"), ("odd", "b"), ("odd", "c")] {
+        d2.unmount(name, id).await.unwrap();
+    }
+    assert_eq!(d2.mounter.unmounts.load(Ordering::SeqCst), 2);
+    let e = d2.mount("odd", "d").await.unwrap_err().to_string();
+    assert!(
+        e.contains("cannot be mounted anew") && e.contains("colour"),
+        "{e}"
+    );
+    assert!(d2.create("odd", &opts(&[])).await.is_err());
+    d2.remove("odd").await.unwrap();
+    assert!(!restarted(&env, FakeMounter::default())
+        .list()
+        .iter()
+        .any(|v| v.name == "odd"));
+}
+
+#[tokio::test]
+async fn a_mount_whose_caller_went_away_is_not_counted() {
+    let env = Env::new();
+    let m = FakeMounter::default();
+    *m.delay.lock().unwrap() = Duration::from_millis(300);
+    let d = env.driver(m, Duration::ZERO);
+    d.create("vol", &opts(&[])).await.unwrap();
+    let d1 = Arc::clone(&d);
+    let stays = tokio::spawn(async move { d1.mount("vol", "stays").await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The caller gives up while the first mount is still under way.
+    let gone = tokio::time::timeout(Duration::from_millis(50), d.mount("vol", "gone")).await;
+    assert!(gone.is_err());
+    stays.await.unwrap().unwrap();
+    assert_eq!(holders(&d, "vol"), 1);
+    d.unmount("vol", "stays").await.unwrap();
+    assert_eq!(
+        d.mounter.unmounts.load(Ordering::SeqCst),
+        1,
+        "no holder left behind"
+    );
+    // The same when the caller leaves before the first mount: nothing stays mounted.
+    let gone = tokio::time::timeout(Duration::from_millis(50), d.mount("vol", "gone2")).await;
+    assert!(gone.is_err());
+    *d.mounter.delay.lock().unwrap() = Duration::ZERO;
+    d.mount("vol", "x").await.unwrap();
+    assert_eq!(holders(&d, "vol"), 1);
+    d.unmount("vol", "x").await.unwrap();
+    assert_eq!(d.get("vol").unwrap().status["mounted"], false);
+}
+
+#[tokio::test]
+async fn a_slow_mount_is_left_alone_and_a_dead_one_repaired() {
+    let env = Env::new();
+    let d = env.driver(FakeMounter::default(), Duration::ZERO);
+    d.create("vol", &opts(&[])).await.unwrap();
+    let t = d.mount("vol", "a").await.unwrap();
+    d.mounter
+        .mounted
+        .lock()
+        .unwrap()
+        .insert(t.clone(), Health::Slow);
+    d.check_health().await;
+    assert_eq!(d.get("vol").unwrap().status["health"], "slow");
+    assert_eq!(d.mounter.unmounts.load(Ordering::SeqCst), 0);
+    d.mounter.kill(&t);
+    d.check_health().await;
+    assert_eq!(d.mounter.unmounts.load(Ordering::SeqCst), 1);
+    assert_eq!(d.mounter.mounts.load(Ordering::SeqCst), 2);
+    assert_eq!(d.get("vol").unwrap().status["health"], "ok");
+    d.unmount("vol", "a").await.unwrap();
+}
+
+#[tokio::test]
+async fn restore_marks_itself_finished() {
+    let env = Env::new();
+    let d = env.driver(FakeMounter::default(), Duration::ZERO);
+    d.create("vol", &opts(&[])).await.unwrap();
+    d.mount("vol", "a").await.unwrap();
+    drop(d);
+    let d2 = restarted(&env, FakeMounter::default());
+    d2.restore().await;
+    tokio::time::timeout(Duration::from_secs(1), d2.restored())
+        .await
+        .expect("restore says it finished");
+    // Not adopted (the fake finds nothing alive), so mounted again.
+    assert_eq!(d2.mounter.mounts.load(Ordering::SeqCst), 1);
+    d2.unmount("vol", "a").await.unwrap();
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{Health, MountError, MountSpec, Mounter};
+use super::{Adoption, Health, MountError, MountSpec, Mounter};
 
 /// A mounter that mounts nothing, for unit tests.
 #[derive(Default)]
@@ -33,7 +33,7 @@ impl FakeMounter {
 }
 
 impl Mounter for FakeMounter {
-    async fn mount(&self, spec: &MountSpec) -> Result<(), MountError> {
+    async fn mount(&self, spec: &MountSpec) -> Result<String, MountError> {
         let d = *self.delay.lock().unwrap();
         tokio::time::sleep(d).await;
         self.mounts.fetch_add(1, Ordering::SeqCst);
@@ -44,7 +44,7 @@ impl Mounter for FakeMounter {
             .lock()
             .unwrap()
             .insert(spec.target.clone(), Health::Ok);
-        Ok(())
+        Ok(format!("shared-{}", spec.options.bucket))
     }
 
     async fn unmount(&self, target: &Path) -> Result<(), MountError> {
@@ -53,19 +53,23 @@ impl Mounter for FakeMounter {
         Ok(())
     }
 
-    async fn adopt(&self, spec: &MountSpec) -> bool {
+    async fn adopt(&self, target: &Path, shared: Option<&str>) -> Adoption {
         let alive = self
             .alive_after_restart
             .lock()
             .unwrap()
-            .contains(&spec.target);
-        if alive {
-            self.mounted
-                .lock()
-                .unwrap()
-                .insert(spec.target.clone(), Health::Ok);
+            .iter()
+            .any(|t| t == target);
+        if !alive {
+            return Adoption::Absent;
         }
-        alive
+        self.mounted
+            .lock()
+            .unwrap()
+            .insert(target.to_path_buf(), Health::Ok);
+        Adoption::Live {
+            shared: shared.unwrap_or("adopted").to_string(),
+        }
     }
 
     fn health(&self, target: &Path) -> Health {

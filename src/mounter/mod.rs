@@ -5,6 +5,7 @@
 //! settings and gives each volume a bind mount of it, so many prefix volumes of one bucket cost
 //! one process. Nothing here knows about HTTP or Docker.
 
+pub mod bounded;
 pub mod s3fs;
 pub mod sys;
 
@@ -32,6 +33,9 @@ pub struct MountSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Health {
     Ok,
+    /// Mounted and alive, but its s3fs did not answer the last probe in time (a stalled store,
+    /// a stopped process). Left alone: slow is not dead, and its writers keep their files.
+    Slow,
     /// Mounted, but its s3fs is gone or its FUSE connection answers ENOTCONN.
     Stale,
     NotMounted,
@@ -42,6 +46,7 @@ impl Health {
     pub fn as_str(self) -> &'static str {
         match self {
             Health::Ok => "ok",
+            Health::Slow => "slow",
             Health::Stale => "stale",
             Health::NotMounted => "not mounted",
         }
@@ -53,11 +58,23 @@ impl Health {
 #[error("{0}")]
 pub struct MountError(pub String);
 
+/// What a restarted daemon found at a held volume's mount point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Adoption {
+    /// A live bind of a live s3fs: taken over; `shared` names that s3fs's mount.
+    Live { shared: String },
+    /// Something of ours is there but its s3fs is gone: mount again when the volume can be.
+    Dead,
+    /// Nothing is mounted there.
+    Absent,
+}
+
 /// How volumes are mounted; the seam between counting (driver) and processes (s3fs).
 pub trait Mounter: Send + Sync + 'static {
-    /// Make the volume appear at `spec.target`, returning only when its root answers. On error
+    /// Make the volume appear at `spec.target`, returning only when its root answers, with the
+    /// name of the shared mount it is a view of (persisted, for [`Mounter::adopt`]). On error
     /// nothing is left behind: no process, no mount, no folder.
-    fn mount(&self, spec: &MountSpec) -> impl Future<Output = Result<(), MountError>> + Send;
+    fn mount(&self, spec: &MountSpec) -> impl Future<Output = Result<String, MountError>> + Send;
 
     /// Take the volume away from `target` (and stop its s3fs when no volume uses it any more).
     /// Tolerates a target that is already gone or dead.
@@ -66,17 +83,25 @@ pub trait Mounter: Send + Sync + 'static {
         target: &std::path::Path,
     ) -> impl Future<Output = Result<(), MountError>> + Send;
 
-    /// After a restart: take over a mount of `spec` still alive at its target, without starting
-    /// anything. Returns false when nothing usable is there.
-    fn adopt(&self, spec: &MountSpec) -> impl Future<Output = bool> + Send;
+    /// After a restart: take over a mount still alive at `target`, without starting anything
+    /// and without the volume's options or backend (the backends file may be broken or
+    /// changed meanwhile; the live mount must survive that). `shared` is the shared mount the
+    /// state recorded, when it did.
+    fn adopt(
+        &self,
+        target: &std::path::Path,
+        shared: Option<&str>,
+    ) -> impl Future<Output = Adoption> + Send;
 
     /// Liveness from what is known without a system call into the FUSE mount (cheap enough for
     /// every Get and List).
     fn health(&self, target: &std::path::Path) -> Health;
 
     /// Liveness by asking the mount itself (statvfs), bounded in time; for periodic checks.
+    /// Only a gone FUSE connection or a gone s3fs is `Stale`; no answer in time is `Slow`.
     fn probe(&self, target: &std::path::Path) -> impl Future<Output = Health> + Send;
 
-    /// Remove what earlier runs left under the mount root that no volume in `keep` uses.
+    /// Remove what earlier runs left under the mount root, where provably ours and not used by
+    /// any target in `keep` (every held volume's, whatever state its mount is in).
     fn sweep(&self, keep: &[PathBuf]) -> impl Future<Output = ()> + Send;
 }

@@ -21,19 +21,28 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use tokio::process::Command;
 use tokio::sync::watch;
 
-use super::sys;
-use super::{Health, MountError, MountSpec, Mounter};
+use super::sys::{self, Pidfd};
+use super::{bounded, Adoption, Health, MountError, MountSpec, Mounter};
 
 /// Folder under the mount root that holds the shared s3fs mounts.
 pub const SHARED_DIR: &str = ".s3fs";
+/// Phases of a Mount's blocking work (see `mount`).
+const RUNNING: u8 = 0;
+const CANCELLED: u8 = 1;
+const DONE: u8 = 2;
+/// The mount table's type of an s3fs mount (and of every bind of one).
+const S3FS_TYPE: &str = "fuse.s3fs";
 
-/// How long s3fs gets to exit after its mount is gone before it is killed.
+/// How long s3fs gets to exit after its mount is gone.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
+/// How long a health probe waits for a mount to answer before calling it slow.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long adoption at start waits for a mount to answer (no answer: adopted as slow).
+const ADOPT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Settings of the real mounter.
 #[derive(Debug, Clone)]
@@ -47,18 +56,68 @@ pub struct S3fsConfig {
     pub program: String,
 }
 
+/// What every holder of an s3fs knows of it: whether it lives, whether it answered the last
+/// probe in time, and a handle that signals that very process.
+#[derive(Debug)]
+struct Liveness {
+    pid: u32,
+    /// Taken at spawn or, for an adopted s3fs, after checking it serves the mount: signals go
+    /// through it, so a reused PID is never signalled. Absent only where the kernel has no
+    /// pidfds; then only our own unreaped child is ever signalled (its PID cannot be reused).
+    pidfd: Option<Pidfd>,
+    own_child: bool,
+    /// Flips to false when our child is seen to exit.
+    alive: AtomicBool,
+    /// Set when a probe got no answer in time; cleared by the next answer.
+    slow: AtomicBool,
+}
+
+impl Liveness {
+    fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+            && match &self.pidfd {
+                Some(fd) => fd.is_alive(),
+                None => self.own_child || sys::is_alive(self.pid),
+            }
+    }
+
+    fn health(&self) -> Health {
+        if !self.is_alive() {
+            Health::Stale
+        } else if self.slow.load(Ordering::Acquire) {
+            Health::Slow
+        } else {
+            Health::Ok
+        }
+    }
+
+    /// SIGKILL, only for an s3fs proven dead or never ready: it serves nobody.
+    fn kill(&self) {
+        match &self.pidfd {
+            Some(fd) => {
+                let _ = fd.signal(Signal::SIGKILL);
+            }
+            None if self.own_child && self.alive.load(Ordering::Acquire) => {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(self.pid as i32),
+                    Signal::SIGKILL,
+                );
+            }
+            None => {}
+        }
+    }
+}
+
 /// A running s3fs, ours or adopted from an earlier run of the daemon.
 struct Process {
-    pid: u32,
-    /// Flips to false when the process is seen to exit.
-    alive: Arc<AtomicBool>,
+    live: Arc<Liveness>,
     /// Fires when our own child exits (absent for adopted processes, which are polled).
     exited: Option<watch::Receiver<bool>>,
 }
 
 impl Process {
     fn is_alive(&self) -> bool {
-        self.alive.load(Ordering::Acquire) && (self.exited.is_some() || sys::is_alive(self.pid))
+        self.live.is_alive()
     }
 }
 
@@ -69,8 +128,8 @@ struct Shared {
     users: HashSet<PathBuf>,
 }
 
-/// A volume target's shared mount: its name, its s3fs's liveness flag and pid.
-type Binding = (String, Arc<AtomicBool>, u32);
+/// A volume target's shared mount: its name and its s3fs's liveness.
+type Binding = (String, Arc<Liveness>);
 
 /// The s3fs mounter.
 pub struct S3fsMounter {
@@ -201,13 +260,30 @@ impl S3fsMounter {
             .map_err(|e| MountError(format!("cannot create {}: {e}", path.display())))?;
         // Nothing may be left at the path by an s3fs nobody owns (a daemon that died while
         // starting it): two s3fs on one path would break one-process-per-bucket.
-        for pid in sys::pids_with_arg("s3fs", path.as_os_str()) {
+        // It serves no volume (`start` runs only when none is bound here), so it is killed.
+        while let Some((pid, fd)) = sys::s3fs_of(&path) {
             tracing::warn!(pid, path = %path.display(), "stopping an s3fs that no volume owns");
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            let _ = fd.signal(Signal::SIGKILL);
+            let deadline = Instant::now() + EXIT_GRACE;
+            while fd.is_alive() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if fd.is_alive() {
+                break;
+            }
         }
         if sys::mount_at(&sys::mounts(), &path).is_some() {
-            sys::unmount(&path).map_err(MountError)?;
+            let p = path.clone();
+            bounded::run(self.cfg.mount_timeout, move || sys::unmount(&p))
+                .await
+                .map_err(|e| MountError(format!("unmounting {}: {e}", path.display())))?
+                .map_err(MountError)?;
         }
+        // What a Mount interrupted by a crash or a timeout wrote into the bare folder (a
+        // folder creation that outlived its s3fs) would make s3fs refuse the folder as "not
+        // empty" forever: it is no bucket's data, so it goes.
+        clear_folder(&path)
+            .map_err(|e| MountError(format!("cannot clear {}: {e}", path.display())))?;
         let log_path = self.log_path(name);
         let log = open_log(&log_path)
             .map_err(|e| MountError(format!("cannot open s3fs log {}: {e}", log_path.display())))?;
@@ -250,20 +326,26 @@ impl S3fsMounter {
         })?;
         let pid = child.id().unwrap_or(0);
         tracing::debug!(shared = name, pid, "s3fs started");
+        // Taken before anything reaps the child, so it is this process.
+        let live = Arc::new(Liveness {
+            pid,
+            pidfd: Pidfd::open(pid).ok(),
+            own_child: true,
+            alive: AtomicBool::new(true),
+            slow: AtomicBool::new(false),
+        });
 
         // Watch the child: its exit flips `alive` at once, for Get and for the next Mount.
-        let alive = Arc::new(AtomicBool::new(true));
         let (tx, rx) = watch::channel(false);
-        let (alive2, name2) = (alive.clone(), name.to_string());
+        let (live2, name2) = (live.clone(), name.to_string());
         tokio::spawn(async move {
             let status = child.wait().await;
-            alive2.store(false, Ordering::Release);
+            live2.alive.store(false, Ordering::Release);
             tracing::debug!(shared = %name2, ?status, "s3fs exited");
             let _ = tx.send(true);
         });
         let mut process = Process {
-            pid,
-            alive,
+            live,
             exited: Some(rx),
         };
 
@@ -281,10 +363,10 @@ impl S3fsMounter {
             // s3fs checks the bucket inside FUSE's init, so the probe can block until that
             // check gives up: it must not hold the Mount past its deadline.
             let p = path.clone();
-            let probe = tokio::task::spawn_blocking(move || is_fuse_ready(&p));
+            let left = deadline.saturating_duration_since(Instant::now());
             let ready = matches!(
-                tokio::time::timeout_at(deadline.into(), probe).await,
-                Ok(Ok(true))
+                bounded::run(left, move || is_fuse_ready(&p)).await,
+                Ok(true)
             );
             if ready {
                 tracing::info!(
@@ -297,9 +379,8 @@ impl S3fsMounter {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                // Not mounted (or not answering): nothing to flush, so no grace period.
-                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-                self.stop_process(&path, &mut process).await;
+                // Not mounted (or not answering): it serves nobody.
+                self.stop_process(&path, &mut process, true).await;
                 let said = log_tail(&log_path);
                 return Err(MountError(format!(
                     "s3fs did not make the mount ready within {} s (--mount-timeout); s3fs said: {said}",
@@ -311,10 +392,23 @@ impl S3fsMounter {
         }
     }
 
-    /// Unmount a shared mount and make sure its s3fs is gone (reaped when it is our child).
-    async fn stop_process(&self, path: &Path, process: &mut Process) {
-        if let Err(e) = sys::unmount(path) {
-            tracing::warn!(error = %e, "unmounting shared s3fs mount");
+    /// Unmount a shared mount and wait for its s3fs to exit (reaped when it is our child).
+    ///
+    /// An s3fs that outlives its unmount still serves files opened before a lazy detach (a
+    /// writer that has not closed yet): it is killed only when `dead` says it serves nobody
+    /// (it never became ready, or its FUSE connection is gone), else left to exit by itself.
+    async fn stop_process(&self, path: &Path, process: &mut Process, dead: bool) {
+        let p = path.to_path_buf();
+        match bounded::run(self.cfg.mount_timeout, move || sys::unmount(&p)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "unmounting shared s3fs mount"),
+            Err(e) => {
+                tracing::warn!(error = %e, path = %path.display(), "unmounting shared s3fs mount")
+            }
+        }
+        if dead {
+            // It serves nobody: nothing to flush, so no grace.
+            process.live.kill();
         }
         let deadline = Instant::now() + EXIT_GRACE;
         loop {
@@ -322,11 +416,18 @@ impl S3fsMounter {
                 break;
             }
             if Instant::now() >= deadline {
+                if !dead {
+                    tracing::warn!(
+                        pid = process.live.pid,
+                        "s3fs still runs after its mount was detached (files opened before are still being served); it is left to exit by itself"
+                    );
+                    return;
+                }
                 tracing::warn!(
-                    pid = process.pid,
-                    "s3fs did not exit after unmount; killing it"
+                    pid = process.live.pid,
+                    "s3fs serves nothing and did not exit after unmount; killing it"
                 );
-                let _ = kill(Pid::from_raw(process.pid as i32), Signal::SIGKILL);
+                process.live.kill();
                 if let Some(rx) = process.exited.as_mut() {
                     let _ = tokio::time::timeout(EXIT_GRACE, rx.wait_for(|v| *v)).await;
                 }
@@ -339,8 +440,12 @@ impl S3fsMounter {
                 None => tokio::time::sleep(Duration::from_millis(10)).await,
             }
         }
-        let _ = sys::unmount(path);
-        let _ = fs::remove_dir(path);
+        let p = path.to_path_buf();
+        let _ = bounded::run(EXIT_GRACE, move || {
+            let _ = sys::unmount(&p);
+            let _ = fs::remove_dir(&p);
+        })
+        .await;
     }
 
     /// Release `target`'s use of its shared mount; stop the s3fs when it was the last user.
@@ -350,15 +455,15 @@ impl S3fsMounter {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(target);
-        let Some((name, _, _)) = entry else { return };
+        let Some((name, _)) = entry else { return };
         let shared = self.entry(&name);
         let mut s = shared.lock().await;
         s.users.remove(target);
         if s.users.is_empty() {
             if let Some(mut p) = s.process.take() {
                 let path = s.path.clone();
-                self.stop_process(&path, &mut p).await;
-                tracing::info!(shared = %name, pid = p.pid, "s3fs stopped: no volume uses it");
+                self.stop_process(&path, &mut p, false).await;
+                tracing::info!(shared = %name, pid = p.live.pid, "s3fs stopped: no volume uses it");
             }
             drop(s);
             let mut map = self.shared.lock().unwrap_or_else(|e| e.into_inner());
@@ -412,6 +517,39 @@ fn prepare_target(target: &Path) -> Result<(), MountError> {
             target.display()
         ))
     })
+}
+
+/// Empty a folder that is not a mount, without following any symlink in it (std's
+/// `remove_dir_all` never does). A missing folder is fine.
+fn clear_folder(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(me), Some(Ok(parent))) = (
+        fs::symlink_metadata(path),
+        path.parent().map(fs::symlink_metadata),
+    ) else {
+        return Ok(());
+    };
+    // Never empty a folder that is (still) a mount: that would be a bucket's data.
+    if me.dev() != parent.dev() || !me.is_dir() {
+        return Err(std::io::Error::other(
+            "it is still a mount point or not a folder",
+        ));
+    }
+    let entries = match fs::read_dir(path) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for e in entries {
+        let e = e?;
+        tracing::warn!(path = %e.path().display(), "removing what an interrupted mount left in a mount folder");
+        if e.file_type()?.is_dir() {
+            fs::remove_dir_all(e.path())?;
+        } else {
+            fs::remove_file(e.path())?;
+        }
+    }
+    Ok(())
 }
 
 /// Create a folder (and its parents) with `mode`; an existing one is fine.
@@ -469,31 +607,49 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 impl Mounter for S3fsMounter {
-    async fn mount(&self, spec: &MountSpec) -> Result<(), MountError> {
+    async fn mount(&self, spec: &MountSpec) -> Result<String, MountError> {
+        // One deadline for the whole Mount, whatever part of it is slow.
+        let deadline = Instant::now() + self.cfg.mount_timeout;
         let name = Self::shared_name(spec);
         let shared = self.entry(&name);
         let mut s = shared.lock().await;
         if let Some(p) = &s.process {
+            let live = p.live.clone();
             let path = s.path.clone();
-            let answers = p.is_alive()
-                && tokio::task::spawn_blocking(move || sys::statvfs_ok(&path).is_ok())
-                    .await
-                    .unwrap_or(false);
-            if !answers {
-                tracing::warn!(shared = %name, pid = p.pid, "shared s3fs is dead; starting a new one");
-                if let Some(mut dead) = s.process.take() {
-                    let path = s.path.clone();
-                    self.stop_process(&path, &mut dead).await;
+            let verdict = if live.is_alive() {
+                bounded::run(self.cfg.mount_timeout, move || sys::statvfs_ok(&path)).await
+            } else {
+                Ok(Err(nix::errno::Errno::ENOTCONN))
+            };
+            match verdict {
+                Ok(Ok(())) => live.slow.store(false, Ordering::Release),
+                // An error other than a gone connection is the store's, not a dead mount.
+                Ok(Err(e)) if !sys::is_gone(e) => {}
+                Ok(Err(_)) | Err(bounded::Unanswered::Panicked) => {
+                    tracing::warn!(shared = %name, pid = live.pid, "shared s3fs is dead; starting a new one");
+                    if let Some(mut dead) = s.process.take() {
+                        let path = s.path.clone();
+                        self.stop_process(&path, &mut dead, true).await;
+                    }
+                    // Volumes still bound to the dead mount are stale; each is repaired on its
+                    // next Mount. They no longer count as users of the new process.
+                    s.users.clear();
                 }
-                // Volumes still bound to the dead mount are stale; each is repaired on its
-                // next Mount. They no longer count as users of the new process.
-                s.users.clear();
+                Err(bounded::Unanswered::TimedOut(_)) => {
+                    // Slow is not dead: the volumes on it keep their mounts and writers.
+                    live.slow.store(true, Ordering::Release);
+                    return Err(MountError(format!(
+                        "the s3fs of bucket {:?} did not answer within {} s (--mount-timeout); it is left running for the volumes that use it (a stalled or throttling store?)",
+                        spec.options.bucket,
+                        self.cfg.mount_timeout.as_secs()
+                    )));
+                }
             }
         }
         if s.process.is_none() {
             self.start(spec, &name, &mut s).await?;
         }
-        let Some((alive, pid)) = s.process.as_ref().map(|p| (p.alive.clone(), p.pid)) else {
+        let Some(live) = s.process.as_ref().map(|p| p.live.clone()) else {
             return Err(MountError("s3fs is not running after its start".into()));
         };
 
@@ -509,32 +665,64 @@ impl Mounter for S3fsMounter {
             .then(|| self.cfg.state_dir.join("stage").join(&spec.volume));
         let prefix = spec.options.prefix.clone();
         let bucket = spec.options.bucket.clone();
-        let result = tokio::time::timeout(
-            self.cfg.mount_timeout,
-            tokio::task::spawn_blocking(move || -> Result<(), MountError> {
-                if prefix.is_some() && !source.is_dir() {
-                    fs::create_dir_all(&source).map_err(|e| {
-                        MountError(format!(
-                            "prefix {:?} does not exist in bucket {bucket:?} and could not be created: {e}",
-                            prefix.unwrap_or_default()
-                        ))
-                    })?;
+        // The work below may outlive the Mount's deadline (a lookup stuck on a slow store). The
+        // flag makes sure none of it lands after the Mount answered: a late folder or bind is
+        // never made, or is undone.
+        let phase = Arc::new(std::sync::atomic::AtomicU8::new(RUNNING));
+        let ph = phase.clone();
+        let cancelled = move || ph.load(Ordering::Acquire) == CANCELLED;
+        let ph = phase.clone();
+        let mut task = tokio::task::spawn_blocking(move || -> Result<(), MountError> {
+            let late = || MountError("the mount was given up at its deadline".into());
+            if prefix.is_some() && !source.is_dir() {
+                if cancelled() {
+                    return Err(late());
                 }
-                prepare_target(&target)?;
-                sys::bind(&source, &target, stage.as_deref()).map_err(|e| {
-                    let _ = fs::remove_dir(&target);
-                    MountError(e)
-                })
-            }),
-        )
-        .await;
+                fs::create_dir_all(&source).map_err(|e| {
+                    MountError(format!(
+                        "prefix {:?} does not exist in bucket {bucket:?} and could not be created: {e}",
+                        prefix.unwrap_or_default()
+                    ))
+                })?;
+            }
+            if cancelled() {
+                return Err(late());
+            }
+            prepare_target(&target)?;
+            sys::bind(&source, &target, stage.as_deref()).map_err(|e| {
+                let _ = fs::remove_dir(&target);
+                MountError(e)
+            })?;
+            if ph
+                .compare_exchange(RUNNING, DONE, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                let _ = sys::unmount(&target);
+                let _ = fs::remove_dir(&target);
+                return Err(late());
+            }
+            Ok(())
+        });
+        let result = match tokio::time::timeout_at(deadline.into(), &mut task).await {
+            Ok(joined) => joined,
+            Err(_) => {
+                if phase
+                    .compare_exchange(RUNNING, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    Ok(Err(MountError(format!(
+                        "the mount did not answer within {} s (--mount-timeout)",
+                        self.cfg.mount_timeout.as_secs()
+                    ))))
+                } else {
+                    // It finished in the same instant: its result stands.
+                    task.await
+                }
+            }
+        };
         let result = match result {
-            Ok(Ok(r)) => r,
-            Ok(Err(join)) => Err(MountError(format!("mount task failed: {join}"))),
-            Err(_) => Err(MountError(format!(
-                "the mount did not answer within {} s (--mount-timeout)",
-                self.cfg.mount_timeout.as_secs()
-            ))),
+            Ok(r) => r,
+            Err(join) => Err(MountError(format!("mount task failed: {join}"))),
         };
         match result {
             Ok(()) => {
@@ -542,14 +730,15 @@ impl Mounter for S3fsMounter {
                 self.targets
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(spec.target.clone(), (name, alive, pid));
-                Ok(())
+                    .insert(spec.target.clone(), (name.clone(), live));
+                Ok(name)
             }
             Err(e) => {
                 if s.users.is_empty() {
                     if let Some(mut p) = s.process.take() {
                         let path = s.path.clone();
-                        self.stop_process(&path, &mut p).await;
+                        // No volume is bound to it: it serves nobody.
+                        self.stop_process(&path, &mut p, true).await;
                     }
                 }
                 Err(e)
@@ -559,108 +748,119 @@ impl Mounter for S3fsMounter {
 
     async fn unmount(&self, target: &Path) -> Result<(), MountError> {
         let t = target.to_path_buf();
-        let r = tokio::task::spawn_blocking(move || {
+        let r = bounded::run(self.cfg.mount_timeout, move || {
             let r = sys::unmount(&t);
             let _ = fs::remove_dir(&t);
             r
         })
         .await
-        .unwrap_or_else(|e| Err(e.to_string()));
+        .unwrap_or_else(|e| Err(format!("unmount of {}: {e}", target.display())));
         self.release(target).await;
         r.map_err(MountError)
     }
 
-    async fn adopt(&self, spec: &MountSpec) -> bool {
+    async fn adopt(&self, target: &Path, recorded: Option<&str>) -> Adoption {
         let table = sys::mounts();
-        let Some(bound) = sys::mount_at(&table, &spec.target) else {
-            return false;
+        let Some(bound) = sys::mount_at(&table, target) else {
+            return Adoption::Absent;
         };
+        // The mount table is the truth: the shared s3fs mount with the bind's device.
         let shared_root = self.shared_root();
         let Some(shared_mount) = table
             .iter()
             .rev()
-            .find(|m| m.dev == bound.dev && m.mount_point.parent() == Some(shared_root.as_path()))
+            .find(|m| {
+                m.dev == bound.dev
+                    && m.fs_type == S3FS_TYPE
+                    && m.mount_point.parent() == Some(shared_root.as_path())
+            })
             .cloned()
         else {
-            return false;
+            return Adoption::Dead;
         };
-        let target = spec.target.clone();
-        let alive = tokio::time::timeout(
-            Duration::from_secs(5),
-            tokio::task::spawn_blocking(move || sys::statvfs_ok(&target).is_ok()),
-        )
-        .await
-        .map(|r| r.unwrap_or(false))
-        .unwrap_or(false);
-        if !alive {
-            return false;
-        }
         let Some(name) = shared_mount
             .mount_point
             .file_name()
             .and_then(|n| n.to_str())
             .map(str::to_string)
         else {
-            return false;
+            return Adoption::Dead;
         };
-        let pid = sys::pids_with_arg("s3fs", shared_mount.mount_point.as_os_str())
-            .first()
-            .copied();
-        let Some(pid) = pid else {
-            return false;
-        };
+        if recorded.is_some_and(|r| r != name) {
+            tracing::warn!(target = %target.display(), recorded, found = %name, "the state names another shared mount than the mount table; going by the mount table");
+        }
         let shared = self.entry(&name);
         let mut s = shared.lock().await;
-        if s.process.is_none() {
-            s.path = shared_mount.mount_point.clone();
-            s.process = Some(Process {
-                pid,
-                alive: Arc::new(AtomicBool::new(true)),
-                exited: None,
-            });
+        let live = match s.process.as_ref() {
+            Some(p) if p.is_alive() => p.live.clone(),
+            _ => {
+                let Some((pid, pidfd)) = sys::s3fs_of(&shared_mount.mount_point) else {
+                    return Adoption::Dead;
+                };
+                let live = Arc::new(Liveness {
+                    pid,
+                    pidfd: Some(pidfd),
+                    own_child: false,
+                    alive: AtomicBool::new(true),
+                    slow: AtomicBool::new(false),
+                });
+                s.path = shared_mount.mount_point.clone();
+                s.process = Some(Process {
+                    live: live.clone(),
+                    exited: None,
+                });
+                live
+            }
+        };
+        let t = target.to_path_buf();
+        match bounded::run(ADOPT_TIMEOUT, move || sys::statvfs_ok(&t)).await {
+            Ok(Err(e)) if sys::is_gone(e) => return Adoption::Dead,
+            Err(_) => live.slow.store(true, Ordering::Release),
+            Ok(_) => {}
         }
-        let flag = s
-            .process
-            .as_ref()
-            .map(|p| p.alive.clone())
-            .unwrap_or_default();
-        s.users.insert(spec.target.clone());
+        s.users.insert(target.to_path_buf());
         self.targets
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(spec.target.clone(), (name.clone(), flag, pid));
-        tracing::info!(volume = %spec.volume, shared = %name, pid, "live mount adopted");
-        true
+            .insert(target.to_path_buf(), (name.clone(), live.clone()));
+        tracing::info!(target = %target.display(), shared = %name, pid = live.pid, "live mount adopted");
+        Adoption::Live { shared: name }
     }
 
     fn health(&self, target: &Path) -> Health {
         let targets = self.targets.lock().unwrap_or_else(|e| e.into_inner());
         match targets.get(target) {
             None => Health::NotMounted,
-            Some((_, alive, pid)) => {
-                if alive.load(Ordering::Acquire) && sys::is_alive(*pid) {
-                    Health::Ok
-                } else {
-                    Health::Stale
-                }
-            }
+            Some((_, live)) => live.health(),
         }
     }
 
     async fn probe(&self, target: &Path) -> Health {
-        match self.health(target) {
-            Health::Ok => {}
-            other => return other,
+        let live = {
+            let targets = self.targets.lock().unwrap_or_else(|e| e.into_inner());
+            match targets.get(target) {
+                None => return Health::NotMounted,
+                Some((_, live)) => live.clone(),
+            }
+        };
+        if !live.is_alive() {
+            return Health::Stale;
+        }
+        // A target that is no mount any more (someone unmounted it) is no longer served.
+        if sys::mount_at(&sys::mounts(), target).is_none() {
+            return Health::Stale;
         }
         let t = target.to_path_buf();
-        match tokio::time::timeout(
-            Duration::from_secs(5),
-            tokio::task::spawn_blocking(move || sys::statvfs_ok(&t)),
-        )
-        .await
-        {
-            Ok(Ok(Ok(()))) => Health::Ok,
-            _ => Health::Stale,
+        match bounded::run(PROBE_TIMEOUT, move || sys::statvfs_ok(&t)).await {
+            Ok(Err(e)) if sys::is_gone(e) => Health::Stale,
+            Err(bounded::Unanswered::TimedOut(_)) => {
+                live.slow.store(true, Ordering::Release);
+                Health::Slow
+            }
+            _ => {
+                live.slow.store(false, Ordering::Release);
+                Health::Ok
+            }
         }
     }
 
@@ -668,63 +868,107 @@ impl Mounter for S3fsMounter {
         let keep: HashSet<&Path> = keep.iter().map(PathBuf::as_path).collect();
         let root = self.cfg.mount_root.clone();
         let shared_root = self.shared_root();
+        // Every shared mount this run knows (adopted or mounting), locked or not.
         let in_use: HashSet<PathBuf> = {
             let map = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-            map.values()
-                .filter_map(|s| s.try_lock().ok().map(|s| s.path.clone()))
-                .collect()
+            map.keys().map(|n| shared_root.join(n)).collect()
+        };
+        let table = sys::mounts();
+        // Only what is provably ours is touched: s3fs mounts (and binds of them) in our own
+        // folders. A held volume's target, and any s3fs it is a view of, is never touched.
+        let kept_devs: HashSet<String> = table
+            .iter()
+            .filter(|m| keep.contains(m.mount_point.as_path()))
+            .map(|m| m.dev.clone())
+            .collect();
+        let ours = |m: &sys::MountEntry| m.fs_type == S3FS_TYPE;
+        let bounded_unmount = |p: PathBuf| async move {
+            let shown = p.display().to_string();
+            match bounded::run(EXIT_GRACE, move || {
+                let r = sys::unmount(&p);
+                let _ = fs::remove_dir(&p);
+                r
+            })
+            .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "sweep"),
+                Err(e) => tracing::warn!(path = %shown, error = %e, "sweep: unmount"),
+            }
         };
         // Read-only staging binds of a run that died half-way through a Mount.
         let stage_root = self.cfg.state_dir.join("stage");
-        for m in sys::mounts().iter().rev() {
-            if m.mount_point.parent() == Some(stage_root.as_path()) {
-                let _ = sys::unmount(&m.mount_point);
-                let _ = fs::remove_dir(&m.mount_point);
+        for m in table.iter().rev() {
+            if m.mount_point.parent() == Some(stage_root.as_path()) && m.fs_type == S3FS_TYPE {
+                bounded_unmount(m.mount_point.clone()).await;
             }
         }
         // Volume binds first, then the shared mounts they may hold.
-        let table = sys::mounts();
         for m in table.iter().rev() {
             if m.mount_point.parent() == Some(root.as_path())
                 && !keep.contains(m.mount_point.as_path())
                 && m.mount_point != shared_root
             {
-                tracing::info!(path = %m.mount_point.display(), "removing a mount left by an earlier run");
-                let _ = sys::unmount(&m.mount_point);
+                if ours(m) {
+                    tracing::info!(path = %m.mount_point.display(), "removing a mount left by an earlier run");
+                    let p = m.mount_point.clone();
+                    match bounded::run(EXIT_GRACE, move || sys::unmount(&p)).await {
+                        Ok(Ok(())) => {}
+                        other => {
+                            tracing::warn!(path = %m.mount_point.display(), ?other, "sweep: unmount")
+                        }
+                    }
+                } else {
+                    tracing::warn!(path = %m.mount_point.display(), fs = %m.fs_type, "a mount in the mount root that is not bai-s3's is left alone");
+                }
             }
         }
         for m in sys::mounts().iter().rev() {
             if m.mount_point.parent() == Some(shared_root.as_path())
                 && !in_use.contains(&m.mount_point)
+                && ours(m)
+                && !kept_devs.contains(&m.dev)
             {
                 tracing::info!(path = %m.mount_point.display(), "stopping an s3fs left by an earlier run");
-                let pids = sys::pids_with_arg("s3fs", m.mount_point.as_os_str());
-                let _ = sys::unmount(&m.mount_point);
-                for pid in pids {
+                let s3fs = sys::s3fs_of(&m.mount_point);
+                bounded_unmount(m.mount_point.clone()).await;
+                // Its mount is gone: it exits by itself, unless it still serves files opened
+                // before a lazy detach; then it is left to finish them.
+                if let Some((pid, fd)) = s3fs {
                     let deadline = Instant::now() + EXIT_GRACE;
-                    while sys::is_alive(pid) && Instant::now() < deadline {
+                    while fd.is_alive() && Instant::now() < deadline {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
-                    if sys::is_alive(pid) {
-                        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                    if fd.is_alive() {
+                        tracing::warn!(
+                            pid,
+                            "s3fs still runs after its mount was detached; left to exit by itself"
+                        );
                     }
                 }
             }
         }
-        // An s3fs started by a run that died before its mount was ready, or whose mount is
-        // not (yet) in the table: nobody owns it, and its mount may still appear.
+        // An s3fs started by a run that died before its mount was ready: it has no mount, so
+        // it serves nobody, and its mount might still appear.
+        let mounted: HashSet<PathBuf> = sys::mounts().into_iter().map(|m| m.mount_point).collect();
         let strays = sys::processes_with_arg("s3fs", |a| {
-            (a.parent() == Some(shared_root.as_path()) && !in_use.contains(a))
-                .then(|| a.to_path_buf())
+            (a.parent() == Some(shared_root.as_path())
+                && !in_use.contains(a)
+                && !mounted.contains(a))
+            .then(|| a.to_path_buf())
         });
         for (pid, path) in strays {
+            let Ok(fd) = Pidfd::open(pid) else { continue };
+            if !sys::pids_with_arg("s3fs", path.as_os_str()).contains(&pid) {
+                continue;
+            }
             tracing::info!(pid, path = %path.display(), "stopping an s3fs that no volume owns");
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            let _ = fd.signal(Signal::SIGKILL);
             let deadline = Instant::now() + EXIT_GRACE;
-            while sys::is_alive(pid) && Instant::now() < deadline {
+            while fd.is_alive() && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            let _ = sys::unmount(&path);
+            bounded_unmount(path).await;
         }
         // Empty folders left behind (never anything with content: no recursive removal).
         for dir in [&root, &shared_root] {

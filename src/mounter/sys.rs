@@ -216,6 +216,88 @@ pub fn is_alive(pid: u32) -> bool {
     }
 }
 
+/// A process held by a pidfd, so that signals reach that very process and never one that
+/// got its PID after it exited (an adopted s3fs is not our child: nothing keeps its PID).
+#[derive(Debug)]
+pub struct Pidfd {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl Pidfd {
+    /// A pidfd of `pid`. Check that the process is the one you want *after* this returns:
+    /// then the fd is known to refer to it.
+    pub fn open(pid: u32) -> std::io::Result<Pidfd> {
+        use std::os::fd::FromRawFd;
+        let pid = nix::libc::pid_t::try_from(pid)
+            .map_err(|_| std::io::Error::from_raw_os_error(nix::libc::ESRCH))?;
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory is
+        // passed. A non-negative result is a fresh fd that nothing else owns.
+        let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let fd =
+            i32::try_from(fd).map_err(|_| std::io::Error::from_raw_os_error(nix::libc::EBADF))?;
+        // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
+        Ok(Pidfd {
+            fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// True until the process exits (a pidfd becomes readable when it does, zombie or not).
+    pub fn is_alive(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut p = nix::libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: nix::libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, count 1, no timeout; the fd stays open for the call.
+        let n = unsafe { nix::libc::poll(&mut p, 1, 0) };
+        n == 0
+    }
+
+    /// Send `sig` to the held process; ESRCH once it has exited.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) -> Result<(), Errno> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: pidfd_send_signal with a valid pidfd, a valid signal number, a null siginfo
+        // (allowed: the kernel fills it as for kill(2)) and no flags.
+        let r = unsafe {
+            nix::libc::syscall(
+                nix::libc::SYS_pidfd_send_signal,
+                self.fd.as_raw_fd(),
+                sig as nix::libc::c_int,
+                std::ptr::null::<nix::libc::siginfo_t>(),
+                0,
+            )
+        };
+        if r < 0 {
+            Err(Errno::last())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// The s3fs process serving the mount at `path`, held by a pidfd taken *before* its command
+/// line is checked, so the pidfd is known to be that process.
+pub fn s3fs_of(path: &Path) -> Option<(u32, Pidfd)> {
+    pids_with_arg("s3fs", path.as_os_str())
+        .into_iter()
+        .find_map(|pid| {
+            let fd = Pidfd::open(pid).ok()?;
+            pids_with_arg("s3fs", path.as_os_str())
+                .contains(&pid)
+                .then_some((pid, fd))
+        })
+}
+
+/// True when the error says a FUSE mount's connection is gone (its s3fs died or was aborted):
+/// the one sign that a mount is dead rather than slow.
+pub fn is_gone(e: Errno) -> bool {
+    matches!(e, Errno::ENOTCONN | Errno::ECONNABORTED)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,5 +325,22 @@ mod tests {
     fn this_process_is_alive_and_found_by_argument() {
         assert!(is_alive(std::process::id()));
         assert!(!is_alive(u32::MAX - 1));
+    }
+
+    #[test]
+    fn a_pidfd_sees_its_process_exit_and_signals_it() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let fd = Pidfd::open(child.id()).unwrap();
+        assert!(fd.is_alive());
+        fd.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
+        let _ = child.wait();
+        assert!(!fd.is_alive());
+        assert_eq!(
+            fd.signal(nix::sys::signal::Signal::SIGKILL),
+            Err(Errno::ESRCH)
+        );
     }
 }

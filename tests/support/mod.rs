@@ -5,6 +5,8 @@
 //! helper, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod stall;
+
 use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read, Write};

@@ -1,0 +1,409 @@
+//! A running container's mount is never taken away by bai-s3: a restart while the backends file
+//! is broken, a slow s3fs, a Mount that times out on a stalled store, a wedged s3fs. Each test
+//! keeps a writer with a file open in the volume through the event (as a container's job
+//! would), and checks that its writes after the event succeed and that what it fsync'd is in
+//! the bucket.
+//!
+//! Every test talks to the real `bai-s3 serve` over its socket, with real s3fs and SeaweedFS.
+mod support;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use support::stall::StallProxy;
+use support::*;
+
+fn mount_ok(d: &Daemon, vol: &str, id: &str) -> PathBuf {
+    let mp = d
+        .mount(vol, id)
+        .unwrap_or_else(|e| panic!("Mount {vol} (ID {id}) failed: {e}\n{}", d.logs_tail(60)));
+    assert!(
+        is_mountpoint(&mp),
+        "Mount of {vol}: nothing mounted at {}",
+        mp.display()
+    );
+    mp
+}
+
+/// A process-like writer: one file held open in the volume, a line written and fsync'd every
+/// 50 ms, every error kept.
+struct Writer {
+    lines: Arc<AtomicUsize>,
+    errors: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(path: &Path) -> Writer {
+        let mut f = fs::File::create(path)
+            .unwrap_or_else(|e| panic!("writer: create {}: {e}", path.display()));
+        let lines = Arc::new(AtomicUsize::new(0));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (l, e, s) = (lines.clone(), errors.clone(), stop.clone());
+        let thread = thread::spawn(move || {
+            while !s.load(Ordering::Acquire) {
+                let n = l.load(Ordering::Acquire);
+                match f
+                    .write_all(format!("line {n}\n").as_bytes())
+                    .and_then(|()| f.sync_all())
+                {
+                    Ok(()) => {
+                        l.fetch_add(1, Ordering::AcqRel);
+                    }
+                    Err(err) => e.lock().unwrap().push(format!("line {n}: {err}")),
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+        });
+        Writer {
+            lines,
+            errors,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Waits until `more` further lines were written and fsync'd.
+    fn wait_more(&self, more: usize, what: &str) {
+        let want = self.lines.load(Ordering::Acquire) + more;
+        let got = poll(Duration::from_secs(30), || {
+            (self.lines.load(Ordering::Acquire) >= want).then_some(())
+        });
+        assert!(
+            got.is_some(),
+            "{what}: the writer got no further ({} lines; errors: {:?})",
+            self.lines.load(Ordering::Acquire),
+            self.errors.lock().unwrap()
+        );
+        let errors = self.errors.lock().unwrap();
+        assert!(
+            errors.is_empty(),
+            "{what}: the writer saw errors: {errors:?}"
+        );
+    }
+
+    /// Stops, closes the file, and returns how many lines were written and fsync'd.
+    fn finish(mut self) -> usize {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("writer thread");
+        }
+        let errors = self.errors.lock().unwrap();
+        assert!(errors.is_empty(), "the writer saw errors: {errors:?}");
+        self.lines.load(Ordering::Acquire)
+    }
+}
+
+/// Every one of the writer's `n` lines is in the object.
+fn assert_lines_in_bucket(s3: &S3Server, bucket: &str, key: &str, n: usize) {
+    let body = poll(Duration::from_secs(20), || {
+        let b = s3.s3().get(bucket, key).ok().flatten()?;
+        (String::from_utf8_lossy(&b).lines().count() >= n).then_some(b)
+    })
+    .unwrap_or_else(|| panic!("s3://{bucket}/{key} does not hold the writer's {n} lines"));
+    let text = String::from_utf8_lossy(&body);
+    for i in 0..n {
+        assert!(
+            text.contains(&format!("line {i}\n")),
+            "line {i} missing from s3://{bucket}/{key}"
+        );
+    }
+}
+
+fn wait_adopted(d: &Daemon, vol: &str, holders_want: u64) -> serde_json::Value {
+    poll(Duration::from_secs(20), || {
+        let st = d.status(vol).ok()?;
+        (mounted(&st) && holders(&st) == holders_want).then_some(st)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{vol} was not adopted after the restart: {:?}\n{}",
+            d.status(vol),
+            d.logs_tail(60)
+        )
+    })
+}
+
+#[test]
+fn a_restart_with_the_backends_file_broken_keeps_live_mounts_and_their_writers() {
+    let Some((s3, mut d)) = setup("a_restart_with_the_backends_file_broken_keeps_live_mounts")
+    else {
+        return;
+    };
+    let bucket = new_bucket(s3, "brk");
+    let vol = unique_name("brk");
+    create_ok(&d, &vol, &[("bucket", &bucket), ("prefix", "work")]);
+    let id = new_id();
+    let mp = mount_ok(&d, &vol, &id);
+    let pids = d.s3fs_pids();
+    assert_eq!(pids.len(), 1);
+    let writer = Writer::start(&mp.join("job.log"));
+    writer.wait_more(3, "before any restart");
+
+    type Break = fn(&Daemon);
+    let breakages: [(&str, Break); 3] = [
+        ("a backends file others can read (chmod 644)", |d| {
+            fs::set_permissions(&d.config, fs::Permissions::from_mode(0o644)).unwrap()
+        }),
+        ("a syntax error in the backends file", |d| {
+            write_private_file(&d.config, "[backends.default\nendpoint = \n")
+        }),
+        ("the volume's backend removed from the file", |d| {
+            write_private_file(&d.config, "")
+        }),
+    ];
+    for (what, break_it) in breakages {
+        d.kill9();
+        break_it(&d);
+        d.restart();
+        let st = wait_adopted(&d, &vol, 1);
+        assert_eq!(health(&st), "ok", "{what}: {st}");
+        assert!(
+            st.get("problem")
+                .and_then(|p| p.as_str())
+                .is_some_and(|p| p.contains("default")),
+            "{what}: Get says why a new mount would fail: {st}"
+        );
+        assert_eq!(d.s3fs_pids(), pids, "{what}: the same s3fs serves on");
+        assert!(is_mountpoint(&mp), "{what}: the bind is still there");
+        writer.wait_more(3, what);
+        // A second container on the live mount needs no backend; its Unmount is answered.
+        let id2 = new_id();
+        assert_eq!(mount_ok(&d, &vol, &id2), mp, "{what}");
+        unmount_ok(&d, &vol, &id2);
+        assert!(
+            is_mountpoint(&mp),
+            "{what}: the first holder keeps the mount"
+        );
+        d.write_backends(&[s3.backend("default")]);
+    }
+    let n = writer.finish();
+    unmount_ok(&d, &vol, &id);
+    assert!(!is_mountpoint(&mp));
+    assert_lines_in_bucket(s3, &bucket, "work/job.log", n);
+    d.remove(&vol).unwrap();
+}
+
+#[test]
+fn a_slow_s3fs_is_shown_slow_and_left_alone() {
+    let Some((s3, d)) = setup_with(
+        "a_slow_s3fs_is_shown_slow_and_left_alone",
+        &["--health-interval", "1"],
+    ) else {
+        return;
+    };
+    let bucket = new_bucket(s3, "slow");
+    let vol = unique_name("slow");
+    create_ok(&d, &vol, &[("bucket", &bucket)]);
+    let id = new_id();
+    let mp = mount_ok(&d, &vol, &id);
+    let pids = d.s3fs_pids();
+    assert_eq!(pids.len(), 1);
+    let writer = Writer::start(&mp.join("job.log"));
+    writer.wait_more(3, "before the stop");
+
+    kill(Pid::from_raw(pids[0]), Signal::SIGSTOP).unwrap();
+    let stopped = Instant::now();
+    let slow = poll(Duration::from_secs(20), || {
+        let st = d.status(&vol).ok()?;
+        (health(&st) == "slow").then_some(st)
+    });
+    // Keep it stopped for 12 s in all, over several health rounds, as a stalled store would.
+    let rest = Duration::from_secs(12).saturating_sub(stopped.elapsed());
+    thread::sleep(rest);
+    let still = d.s3fs_pids();
+    kill(Pid::from_raw(pids[0]), Signal::SIGCONT).unwrap();
+    assert!(
+        slow.is_some(),
+        "Get never showed health: slow\n{}",
+        d.logs_tail(40)
+    );
+    assert_eq!(still, pids, "the stopped s3fs was not killed");
+    let st = poll(Duration::from_secs(20), || {
+        let st = d.status(&vol).ok()?;
+        (health(&st) == "ok").then_some(st)
+    })
+    .unwrap_or_else(|| panic!("health did not come back to ok\n{}", d.logs_tail(40)));
+    assert!(mounted(&st));
+    assert!(is_mountpoint(&mp));
+    assert_eq!(d.s3fs_pids(), pids);
+    writer.wait_more(3, "after the stop");
+    let n = writer.finish();
+    unmount_ok(&d, &vol, &id);
+    assert_lines_in_bucket(s3, &bucket, "job.log", n);
+    d.remove(&vol).unwrap();
+}
+
+#[test]
+fn a_wedged_s3fs_blocks_only_mounts_of_itself() {
+    let Some((s3, mut d)) = setup_with(
+        "a_wedged_s3fs_blocks_only_mounts_of_itself",
+        &["--mount-timeout", "5"],
+    ) else {
+        return;
+    };
+    let (b1, b2) = (new_bucket(s3, "wdg1"), new_bucket(s3, "wdg2"));
+    let (va, vb, vc) = (
+        unique_name("wdga"),
+        unique_name("wdgb"),
+        unique_name("wdgc"),
+    );
+    create_ok(&d, &va, &[("bucket", &b1)]);
+    create_ok(&d, &vb, &[("bucket", &b1), ("prefix", "b")]);
+    create_ok(&d, &vc, &[("bucket", &b2)]);
+    let ida = new_id();
+    mount_ok(&d, &va, &ida);
+    let wedged = d.s3fs_pids();
+    assert_eq!(wedged.len(), 1);
+    kill(Pid::from_raw(wedged[0]), Signal::SIGSTOP).unwrap();
+
+    let socket = d.socket.clone();
+    let vb2 = vb.clone();
+    let on_wedged = thread::spawn(move || {
+        let t = Instant::now();
+        let r = plugin_call(
+            &socket,
+            "VolumeDriver.Mount",
+            &format!(r#"{{"Name":"{vb2}","ID":"x1"}}"#),
+        );
+        (t.elapsed(), r)
+    });
+    // Meanwhile another bucket mounts, and List and Get answer, at once.
+    let t = Instant::now();
+    let idc = new_id();
+    mount_ok(&d, &vc, &idc);
+    let other_mount = t.elapsed();
+    let t = Instant::now();
+    assert!(d.list_names().contains(&va));
+    status(&d, &va);
+    let list = t.elapsed();
+    let (took, r) = on_wedged.join().unwrap();
+    let (code, body) = r.expect("Mount on the wedged s3fs was answered");
+    let err = body["Err"].as_str().unwrap_or_default().to_string();
+    assert_eq!(code, 200);
+    assert!(
+        err.contains("did not answer within 5 s") && err.contains(&b1),
+        "Mount on the wedged s3fs says what happened: {err}"
+    );
+    assert!(
+        took < Duration::from_secs(9),
+        "the wedged Mount took {took:?}"
+    );
+    assert!(
+        other_mount < Duration::from_secs(4),
+        "another bucket's Mount took {other_mount:?}"
+    );
+    assert!(list < Duration::from_secs(1), "List and Get took {list:?}");
+    assert_eq!(
+        holders(&status(&d, &vb)),
+        0,
+        "the failed Mount holds nothing"
+    );
+
+    // SIGTERM with a Mount on the wedged s3fs in flight: the daemon still stops.
+    let socket = d.socket.clone();
+    let vb2 = vb.clone();
+    let in_flight = thread::spawn(move || {
+        plugin_call(
+            &socket,
+            "VolumeDriver.Mount",
+            &format!(r#"{{"Name":"{vb2}","ID":"x2"}}"#),
+        )
+    });
+    poll(Duration::from_secs(5), || {
+        d.logs().contains("x2").then_some(())
+    });
+    let stop = d.terminate(Duration::from_secs(15));
+    kill(Pid::from_raw(wedged[0]), Signal::SIGCONT).unwrap();
+    let _ = in_flight.join();
+    let stop =
+        stop.unwrap_or_else(|| panic!("SIGTERM did not stop the daemon\n{}", d.logs_tail(40)));
+    assert!(stop < Duration::from_secs(9), "SIGTERM took {stop:?}");
+    assert_eq!(d.s3fs_pids().len(), 2, "SIGTERM leaves mounts in use alone");
+
+    d.restart();
+    wait_adopted(&d, &va, 1);
+    wait_adopted(&d, &vc, 1);
+    unmount_ok(&d, &va, &ida);
+    unmount_ok(&d, &vc, &idc);
+    for v in [&va, &vb, &vc] {
+        d.remove(v).unwrap();
+    }
+}
+
+#[test]
+fn a_mount_timed_out_on_a_stalled_store_leaves_nothing_and_poisons_nothing() {
+    if !prereqs("a_mount_timed_out_on_a_stalled_store_leaves_nothing") {
+        return;
+    }
+    let s3 = shared_s3();
+    let upstream = s3.endpoint.trim_start_matches("http://").to_string();
+    let proxy = StallProxy::start(&upstream, "stallhere");
+    let mut backend = s3.backend("default");
+    backend.endpoint = proxy.endpoint.clone();
+    let d = Daemon::start_with(&[backend], &["--mount-timeout", "5"]);
+    let bucket = new_bucket(s3, "stl");
+    let (vp, vw) = (unique_name("stlp"), unique_name("stlw"));
+    create_ok(
+        &d,
+        &vp,
+        &[("bucket", &bucket), ("prefix", "stallhere/deep")],
+    );
+    create_ok(&d, &vw, &[("bucket", &bucket)]);
+
+    proxy.stall(true);
+    let t = Instant::now();
+    let err = d
+        .mount(&vp, &new_id())
+        .expect_err("the Mount on a stalled store fails");
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(9), "the Mount took {took:?}");
+    assert!(err.contains("within 5 s"), "{err}");
+    // Nothing is left: no s3fs, no mount, no folder or file in any mount folder.
+    poll(Duration::from_secs(10), || {
+        d.s3fs_pids().is_empty().then_some(())
+    })
+    .unwrap_or_else(|| panic!("an s3fs is left: {:?}\n{}", d.s3fs_pids(), d.logs_tail(40)));
+    assert!(d.mounts().is_empty(), "mounts left: {:?}", d.mounts());
+    let shared = d.mount_root.join(".s3fs");
+    if let Ok(rd) = fs::read_dir(&shared) {
+        for e in rd.flatten() {
+            let inside: Vec<_> = fs::read_dir(e.path())
+                .map(|r| r.flatten().map(|x| x.path()).collect())
+                .unwrap_or_default();
+            assert!(
+                inside.is_empty(),
+                "left in {}: {inside:?}",
+                e.path().display()
+            );
+        }
+    }
+    assert!(
+        !d.mountpoint_of(&vp).exists(),
+        "the mount point folder is left"
+    );
+
+    // The bucket is not poisoned: once the store answers, its volumes mount.
+    proxy.stall(false);
+    let id = new_id();
+    let mp = mount_ok(&d, &vw, &id);
+    fs::write(mp.join("after.txt"), b"ok").unwrap();
+    unmount_ok(&d, &vw, &id);
+    assert_eq!(
+        s3.s3().get(&bucket, "after.txt").unwrap().as_deref(),
+        Some(&b"ok"[..])
+    );
+    for v in [&vp, &vw] {
+        d.remove(v).unwrap();
+    }
+}

@@ -51,8 +51,10 @@ struct VolState {
     removed: bool,
     /// The message of the last failed mount attempt, for Status.
     last_failure: Option<String>,
-    /// Bumped whenever a holder arrives, cancelling a pending delayed unmount.
-    release_gen: u64,
+    /// The delayed unmount waiting out `--unmount-delay` after the last holder left; a new
+    /// holder, Remove or shutdown cancels it. Only code holding this state aborts it, so it is
+    /// never cut off half-way through its unmount (it takes the same lock first).
+    pending_release: Option<tokio::task::AbortHandle>,
     /// The shared mount the live mount is a view of (persisted, for restore).
     shared: Option<String>,
 }
@@ -407,7 +409,9 @@ impl<M: Mounter> Driver<M> {
         for w in &batch {
             *st.holders.entry(w.id.clone()).or_insert(0) += 1;
         }
-        st.release_gen += 1;
+        if let Some(pending) = st.pending_release.take() {
+            pending.abort();
+        }
         if let Err(e) = self.persist(&vol.name, Some(vol.record(st)), false) {
             for w in &batch {
                 decrement(&mut st.holders, &w.id);
@@ -464,6 +468,9 @@ impl<M: Mounter> Driver<M> {
     }
 
     async fn unmount_now(&self, vol: &Volume, st: &mut VolState) {
+        if let Some(pending) = st.pending_release.take() {
+            pending.abort();
+        }
         if let Err(e) = self.mounter.unmount(&vol.target).await {
             tracing::warn!(volume = %vol.name, error = %e, "unmount");
         }
@@ -505,16 +512,19 @@ impl<M: Mounter> Driver<M> {
             if delay.is_zero() || self.shutting_down.load(Ordering::Acquire) {
                 self.unmount_now(&vol, &mut st).await;
             } else {
-                let gen = st.release_gen;
                 let me = Arc::clone(self);
                 let v = Arc::clone(&vol);
-                tokio::spawn(async move {
+                let task = tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
                     let mut st = v.state.lock().await;
-                    if st.release_gen == gen && st.holders.is_empty() && st.mounted && !st.removed {
+                    st.pending_release = None;
+                    if st.holders.is_empty() && st.mounted && !st.removed {
                         me.unmount_now(&v, &mut st).await;
                     }
                 });
+                if let Some(old) = st.pending_release.replace(task.abort_handle()) {
+                    old.abort();
+                }
             }
         }
         vol.publish(&st);

@@ -419,3 +419,41 @@ async fn restore_marks_itself_finished() {
     assert_eq!(d2.mounter.mounts.load(Ordering::SeqCst), 1);
     d2.unmount("vol", "a").await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_returning_holder_cancels_the_delayed_unmount_and_the_last_one_starts_it_again() {
+    let env = Env::new();
+    let d = env.driver(FakeMounter::default(), Duration::from_secs(30));
+    d.create("vol", &opts(&[])).await.unwrap();
+    d.mount("vol", "a").await.unwrap();
+    d.unmount("vol", "a").await.unwrap();
+    let pending = |d: &Driver<FakeMounter>| {
+        d.volume("vol")
+            .unwrap()
+            .state
+            .try_lock()
+            .map(|st| st.pending_release.is_some())
+            .unwrap()
+    };
+    assert!(pending(&d));
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    d.mount("vol", "b").await.unwrap();
+    assert!(!pending(&d), "a new holder cancels the wait");
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(
+        d.mounter.unmounts.load(Ordering::SeqCst),
+        0,
+        "the cancelled timer did not fire"
+    );
+    d.unmount("vol", "b").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(29)).await;
+    assert_eq!(
+        d.mounter.unmounts.load(Ordering::SeqCst),
+        0,
+        "the new wait is a full delay"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(d.mounter.unmounts.load(Ordering::SeqCst), 1);
+    assert!(!pending(&d));
+    assert_eq!(d.get("vol").unwrap().status["mounted"], false);
+}

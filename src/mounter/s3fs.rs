@@ -261,8 +261,8 @@ impl S3fsMounter {
         // Nothing may be left at the path by an s3fs nobody owns (a daemon that died while
         // starting it): two s3fs on one path would break one-process-per-bucket.
         // It serves no volume (`start` runs only when none is bound here), so it is killed.
-        while let Some((pid, fd)) = sys::s3fs_of(&path) {
-            tracing::warn!(pid, path = %path.display(), "stopping an s3fs that no volume owns");
+        while let Some(fd) = sys::s3fs_of(&path) {
+            tracing::warn!(pid = fd.pid, path = %path.display(), "stopping an s3fs that no volume owns");
             let _ = fd.signal(Signal::SIGKILL);
             let deadline = Instant::now() + EXIT_GRACE;
             while fd.is_alive() && Instant::now() < deadline {
@@ -794,12 +794,13 @@ impl Mounter for S3fsMounter {
         let live = match s.process.as_ref() {
             Some(p) if p.is_alive() => p.live.clone(),
             _ => {
-                let Some((pid, pidfd)) = sys::s3fs_of(&shared_mount.mount_point) else {
+                let Some(found) = sys::s3fs_of(&shared_mount.mount_point) else {
                     return Adoption::Dead;
                 };
+                // Without a pidfd it is watched by PID and never signalled.
                 let live = Arc::new(Liveness {
-                    pid,
-                    pidfd: Some(pidfd),
+                    pid: found.pid,
+                    pidfd: found.pidfd,
                     own_child: false,
                     alive: AtomicBool::new(true),
                     slow: AtomicBool::new(false),
@@ -934,14 +935,14 @@ impl Mounter for S3fsMounter {
                 bounded_unmount(m.mount_point.clone()).await;
                 // Its mount is gone: it exits by itself, unless it still serves files opened
                 // before a lazy detach; then it is left to finish them.
-                if let Some((pid, fd)) = s3fs {
+                if let Some(fd) = s3fs {
                     let deadline = Instant::now() + EXIT_GRACE;
                     while fd.is_alive() && Instant::now() < deadline {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                     if fd.is_alive() {
                         tracing::warn!(
-                            pid,
+                            pid = fd.pid,
                             "s3fs still runs after its mount was detached; left to exit by itself"
                         );
                     }
@@ -957,12 +958,11 @@ impl Mounter for S3fsMounter {
                 && !mounted.contains(a))
             .then(|| a.to_path_buf())
         });
-        for (pid, path) in strays {
-            let Ok(fd) = Pidfd::open(pid) else { continue };
-            if !sys::pids_with_arg("s3fs", path.as_os_str()).contains(&pid) {
+        for (_, path) in strays {
+            let Some(fd) = sys::s3fs_of(&path) else {
                 continue;
-            }
-            tracing::info!(pid, path = %path.display(), "stopping an s3fs that no volume owns");
+            };
+            tracing::info!(pid = fd.pid, path = %path.display(), "stopping an s3fs that no volume owns");
             let _ = fd.signal(Signal::SIGKILL);
             let deadline = Instant::now() + EXIT_GRACE;
             while fd.is_alive() && Instant::now() < deadline {

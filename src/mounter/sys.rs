@@ -279,17 +279,54 @@ impl Pidfd {
     }
 }
 
-/// The s3fs process serving the mount at `path`, held by a pidfd taken *before* its command
-/// line is checked, so the pidfd is known to be that process.
-pub fn s3fs_of(path: &Path) -> Option<(u32, Pidfd)> {
-    pids_with_arg("s3fs", path.as_os_str())
+/// A process found by its command line: held by a pidfd where the kernel (or a container's
+/// seccomp profile) allows one, else by its bare PID, checked just before.
+#[derive(Debug)]
+pub struct Found {
+    pub pid: u32,
+    pub pidfd: Option<Pidfd>,
+}
+
+impl Found {
+    /// True until the process exits.
+    pub fn is_alive(&self) -> bool {
+        match &self.pidfd {
+            Some(fd) => fd.is_alive(),
+            None => is_alive(self.pid),
+        }
+    }
+
+    /// Signal it: through the pidfd, so never a process that reused its PID; without one,
+    /// by PID right after the check (the old, racy way, only where pidfds are refused).
+    pub fn signal(&self, sig: nix::sys::signal::Signal) -> Result<(), Errno> {
+        match &self.pidfd {
+            Some(fd) => fd.signal(sig),
+            None => nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), sig),
+        }
+    }
+}
+
+/// The live `program` processes with `arg` as an argument. The pidfd of each is taken
+/// *before* its command line is checked, so it is known to be that process.
+pub fn find_with_arg(program: &str, arg: &OsStr) -> Vec<Found> {
+    pids_with_arg(program, arg)
         .into_iter()
-        .find_map(|pid| {
-            let fd = Pidfd::open(pid).ok()?;
-            pids_with_arg("s3fs", path.as_os_str())
+        .filter_map(|pid| {
+            let pidfd = match Pidfd::open(pid) {
+                Ok(fd) => Some(fd),
+                Err(e) if e.raw_os_error() == Some(nix::libc::ESRCH) => return None,
+                Err(_) => None,
+            };
+            pids_with_arg(program, arg)
                 .contains(&pid)
-                .then_some((pid, fd))
+                .then_some(Found { pid, pidfd })
         })
+        .collect()
+}
+
+/// The s3fs process serving the mount at `path` (see [`find_with_arg`]).
+pub fn s3fs_of(path: &Path) -> Option<Found> {
+    find_with_arg("s3fs", path.as_os_str()).into_iter().next()
 }
 
 /// True when the error says a FUSE mount's connection is gone (its s3fs died or was aborted):

@@ -225,8 +225,20 @@ fn metrics_follow_mounts_failures_repairs_and_adoptions() {
     // No volume names as labels: the series do not grow with the volumes.
     assert!(!body.contains(&a) && !body.contains(&bucket), "{body}");
 
-    // A Mount whose backend has left the backends file fails with cause "backend"; a
-    // request to an unknown path counts as endpoint "other", whatever the path says.
+    // A Mount with a wrong secret key fails in s3fs (cause "s3fs"); one whose backend has
+    // left the backends file fails with cause "backend"; a request to an unknown path counts
+    // as endpoint "other", whatever the path says.
+    let wrong = format!("WRONG{}", random_hex(16));
+    let mut bad = s3.backend("other");
+    bad.secret_key = wrong.clone();
+    d.write_backends(&[s3.backend("default"), bad]);
+    let secrets = [secret.as_str(), wrong.as_str()];
+    let err = d
+        .mount(&c, &new_id())
+        .expect_err("Mount with a wrong secret key");
+    assert!(err.contains("s3fs"), "{err}");
+    let body = scrape(port, &secrets);
+    assert_eq!(failures(&body, "s3fs"), 1.0, "{err}");
     d.write_backends(&[s3.backend("default")]);
     let err = d
         .mount(&c, &new_id())
@@ -239,8 +251,9 @@ fn metrics_follow_mounts_failures_repairs_and_adoptions() {
     assert_eq!(st, 404);
     let body = scrape(port, &secrets);
     assert_eq!(failures(&body, "backend"), 1.0);
-    assert_eq!(failures(&body, "s3fs"), 0.0);
-    assert_eq!(calls(&body, "VolumeDriver.Mount", "error"), 1.0);
+    assert_eq!(failures(&body, "s3fs"), 1.0);
+    assert_eq!(failures(&body, "timeout"), 0.0);
+    assert_eq!(calls(&body, "VolumeDriver.Mount", "error"), 2.0);
     assert_eq!(calls(&body, "other", "error"), 1.0);
     assert_eq!(gauges(&body), (3.0, 3.0, 2.0, 0.0, 1.0));
 

@@ -349,3 +349,43 @@ fn metrics_are_off_by_default_and_a_bad_address_is_refused() {
     );
     assert!(!d.dir.join("other.sock").exists());
 }
+
+#[test]
+fn the_health_check_counts_its_repairs() {
+    let test = "the_health_check_counts_its_repairs";
+    if !promtool_present(test) {
+        return;
+    }
+    let Some((s3, d)) = setup_with(
+        test,
+        &["--metrics-addr", "127.0.0.1:0", "--health-interval", "1"],
+    ) else {
+        return;
+    };
+    let secrets = [s3.secret_key.as_str()];
+    let port = metrics_port(&d);
+    let bucket = new_bucket(s3, "metrics-hc");
+    let vol = unique_name("metrics-hc");
+    create_ok(&d, &vol, &[("bucket", &bucket)]);
+    let id = new_id();
+    mount_ok(&d, &vol, &id);
+    let pids = d.s3fs_pids();
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    kill(Pid::from_raw(pids[0]), Signal::SIGKILL).unwrap();
+    // No Mount comes: only the periodic check can mount it again.
+    let repaired = poll(Duration::from_secs(15), || {
+        let body = scrape(port, &secrets);
+        (value(&body, "bai_s3_repairs_total") == 1.0).then_some(())
+    });
+    assert!(repaired.is_some(), "no repair counted\n{}", d.logs_tail(40));
+    scrape_until(&d, port, &secrets, "the repaired mount ok", |g| {
+        (g.2, g.3, g.4) == (1.0, 0.0, 1.0)
+    });
+    assert_eq!(d.s3fs_pids().len(), 1);
+    assert!(!d.s3fs_pids().contains(&pids[0]));
+    unmount_ok(&d, &vol, &id);
+    scrape_until(&d, port, &secrets, "nothing mounted", |g| {
+        *g == (1.0, 0.0, 0.0, 0.0, 0.0)
+    });
+    d.remove(&vol).unwrap();
+}

@@ -133,7 +133,11 @@ pub fn failure_cause(e: &Error) -> &'static str {
     match e {
         Error::UnknownBackend { .. } => "backend",
         Error::Persist { .. } => "state",
-        Error::Mount { message, .. } if message.contains("(--mount-timeout)") => "timeout",
+        Error::Mount { message, .. }
+            if message.contains("(--mount-timeout)") || message.contains("at its deadline") =>
+        {
+            "timeout"
+        }
         Error::Mount { message, .. }
             if message.starts_with("s3fs ") || message.starts_with("cannot start ") =>
         {
@@ -271,11 +275,12 @@ impl Collector for Live {
             let g = ConstGauge::new(0i64);
             let mut family = encoder.encode_descriptor(
                 "bai_s3_mounts",
-                "Mounted volumes by health: ok, or stale (its s3fs is gone; the next Mount or health check mounts it again).",
+                "Mounted volumes by health: ok; slow (its s3fs did not answer the last probe in time; left alone); stale (its s3fs is gone; the next Mount or health check mounts it again).",
                 None,
                 g.metric_type(),
             )?;
-            for (word, h) in [("ok", Health::Ok), ("stale", Health::Stale)] {
+            for h in [Health::Ok, Health::Slow, Health::Stale] {
+                let word = h.as_str();
                 ConstGauge::new(as_gauge(with_health(h)))
                     .encode(family.encode_family(&[("health", word)])?)?;
             }
@@ -470,11 +475,18 @@ mod tests {
                 "the mount did not answer within 20 s (--mount-timeout)",
                 "timeout",
             ),
+            (
+                "the s3fs of bucket \"b\" did not answer within 20 s (--mount-timeout); it is left running",
+                "timeout",
+            ),
+            ("the mount was given up at its deadline", "timeout"),
+            ("cannot open s3fs log /s/l: denied", "system"),
             ("bind mount of /a on /b failed: EPERM", "system"),
             ("cannot create mount point /b: denied", "system"),
         ];
         for (message, cause) in cases {
             assert_eq!(failure_cause(&mount_err(message)), cause, "{message}");
+            assert!(CAUSES.contains(&cause));
         }
         let unknown = Error::UnknownBackend {
             name: "x".into(),
@@ -534,6 +546,7 @@ mod tests {
             "bai_s3_volumes 0",
             "bai_s3_holders 0",
             "bai_s3_mounts{health=\"ok\"} 0",
+            "bai_s3_mounts{health=\"slow\"} 0",
             "bai_s3_mounts{health=\"stale\"} 0",
             "bai_s3_s3fs_processes 0",
             "bai_s3_s3fs_resident_memory_bytes 0",

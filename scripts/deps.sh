@@ -6,6 +6,7 @@
 #   scripts/deps.sh docker     also the Docker engine, debootstrap, busybox-static, tini
 #   scripts/deps.sh bench      also rclone (the peer the benchmark compares with)
 #   scripts/deps.sh fuzz       also cargo-fuzz (scripts/fuzz.sh)
+#   scripts/deps.sh metrics    also promtool (Debian's prometheus package; tests/metrics.rs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,7 +17,8 @@ for extra in "$@"; do
     docker) want+=(docker.io debootstrap busybox-static tini) ;;
     bench) want+=(rclone) ;;
     fuzz) fuzz=1 ;;
-    *) echo "deps.sh: unknown group '$extra' (allowed: docker, bench, fuzz)" >&2; exit 2 ;;
+    metrics) want+=(prometheus) ;;
+    *) echo "deps.sh: unknown group '$extra' (allowed: docker, bench, fuzz, metrics)" >&2; exit 2 ;;
   esac
 done
 
@@ -29,6 +31,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_=sudo
   $sudo_ apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The prometheus package is here for promtool only: a Prometheus server its install started
+  # (where the init system lets packages start services) is stopped and not started at boot.
+  if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+    if [ -d /run/systemd/system ]; then
+      $sudo_ systemctl disable --now prometheus >/dev/null 2>&1 || true
+    else
+      $sudo_ service prometheus stop >/dev/null 2>&1 || true
+      $sudo_ update-rc.d prometheus disable >/dev/null 2>&1 || true
+    fi
+  fi
 fi
 
 if [ ! -x .venv/bin/weed ]; then

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-groups=(fuzz)
+groups=(fuzz metrics)
 if [ "${CI:-}" = true ] || docker version >/dev/null 2>&1; then groups+=(docker); fi
 scripts/deps.sh "${groups[@]}"
 

@@ -78,6 +78,10 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "BAI_S3_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (e.g. 127.0.0.1:9108); off when
+    /// empty.
+    #[arg(long, env = "BAI_S3_METRICS_ADDR", value_name = "ADDR:PORT", default_value = "", hide_default_value = true, value_parser = crate::metrics::parse_addr)]
+    pub metrics_addr: ::std::option::Option<std::net::SocketAddr>,
     /// The s3fs program.
     #[arg(long, env = "BAI_S3_S3FS", default_value = "s3fs", hide = true)]
     pub s3fs: String,

@@ -1,6 +1,7 @@
 //! Putting the daemon together: logging, the pieces of the driver, the socket first and the
 //! restore after, then serving until SIGTERM.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,6 +68,24 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
     );
     if let Some(p) = driver.backends_problem() {
         tracing::warn!(problem = %p, "no usable backends file yet; Create and Mount will fail until it is fixed");
+    }
+
+    if let Some(addr) = args.metrics_addr {
+        let listener = crate::metrics::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen for metrics on {addr} (--metrics-addr): {e}"))?;
+        let bound = listener.local_addr().map_err(|e| e.to_string())?;
+        let d = Arc::clone(&driver);
+        let registry = crate::metrics::registry(crate::metrics::Sources {
+            volumes: Box::new(move || d.list()),
+            shared_root: args.mount_root.join(crate::mounter::s3fs::SHARED_DIR),
+            s3fs_program: Path::new(&args.s3fs)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| args.s3fs.clone()),
+        });
+        tokio::spawn(crate::metrics::serve(listener, registry));
+        tracing::info!(addr = %bound, "metrics listening at /metrics");
     }
 
     // Listen first: dockerd gives a plugin about 10 s to answer, and restoring mounts may

@@ -381,6 +381,7 @@ impl<M: Mounter> Driver<M> {
         }
         if st.mounted && self.mounter.health(&vol.target) == Health::Stale {
             tracing::warn!(volume = %vol.name, "mount is stale (its s3fs is gone); mounting again");
+            crate::metrics::repaired();
             self.unmount_now(vol, st).await;
         }
         let mounted_here = !st.mounted;
@@ -413,6 +414,7 @@ impl<M: Mounter> Driver<M> {
             pending.abort();
         }
         if let Err(e) = self.persist(&vol.name, Some(vol.record(st)), false) {
+            crate::metrics::mount_failed(&e);
             for w in &batch {
                 decrement(&mut st.holders, &w.id);
             }
@@ -459,6 +461,7 @@ impl<M: Mounter> Driver<M> {
                 tracing::info!(volume = %vol.name, target = %vol.target.display(), "mounted");
             }
             Err(e) => {
+                crate::metrics::mount_failed(e);
                 st.last_failure = Some(e.to_string());
                 tracing::warn!(volume = %vol.name, error = %e, "mount failed");
             }
@@ -657,6 +660,7 @@ impl<M: Mounter> Driver<M> {
             keep.push(vol.target.clone());
             match self.mounter.adopt(&vol.target, st.shared.as_deref()).await {
                 Adoption::Live { shared } => {
+                    crate::metrics::adopted();
                     st.mounted = true;
                     if st.shared.as_deref() != Some(shared.as_str()) {
                         st.shared = Some(shared);
@@ -716,6 +720,7 @@ impl<M: Mounter> Driver<M> {
                 tracing::warn!(volume = %vol.name, "health check: mount is stale; mounting again");
                 me.unmount_now(&vol, &mut st).await;
                 if !st.holders.is_empty() {
+                    crate::metrics::repaired();
                     let _ = me.mount_now(&vol, &mut st).await;
                 }
             });

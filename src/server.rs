@@ -174,6 +174,11 @@ async fn handle<M: Mounter>(
     };
     let vol = log.volume.as_deref().unwrap_or("-");
     let id = log.id.as_deref().unwrap_or("-");
+    crate::metrics::record_call(
+        &endpoint,
+        status.is_success() && outcome == "ok",
+        started.elapsed(),
+    );
     if status.is_success() && outcome == "ok" {
         tracing::info!(endpoint = %endpoint, volume = vol, id, outcome = %outcome, micros, "call");
     } else {

@@ -5,6 +5,7 @@
 //! settings and gives each volume a bind mount of it, so many prefix volumes of one bucket cost
 //! one process. Nothing here knows about HTTP or Docker.
 
+pub mod resolve;
 pub mod s3fs;
 pub mod sys;
 

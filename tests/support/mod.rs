@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::net::TcpListener;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -732,8 +732,10 @@ impl Daemon {
             tmp: Some(tmp),
             expect_clean_end: true,
         };
-        fs::create_dir_all(&d.state_dir).unwrap();
-        fs::create_dir_all(&d.mount_root).unwrap();
+        // Root-only, as the daemon requires of them at start (it refuses open ones).
+        for dir in [&d.state_dir, &d.mount_root] {
+            fs::DirBuilder::new().mode(0o700).create(dir).unwrap();
+        }
         d.write_backends(backends);
         let mut d = d;
         d.spawn();

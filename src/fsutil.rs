@@ -32,6 +32,8 @@ pub enum DirError {
     WrongOwner { path: PathBuf, owner: u32, me: u32 },
     #[error("{path} is open to group or others (mode {mode:04o}); bai-s3 keeps its state and every mounted volume only in root-only folders and does not change the mode of a folder it did not create: run `chmod 700 {path}` or choose another folder")]
     TooOpen { path: PathBuf, mode: u32 },
+    #[error("{path} is readable or writable by group or others (mode {mode:04o}); it keys the names of shared mounts and is refused: run `chmod 600 {path}`")]
+    FileTooOpen { path: PathBuf, mode: u32 },
     #[error("{path} is writable by group or others (mode {mode:04o}), so others could replace what bai-s3 keeps there; it is refused: run `chmod go-w {path}`")]
     Writable { path: PathBuf, mode: u32 },
     #[error("{path}: {source}")]
@@ -463,7 +465,7 @@ pub fn load_or_create_key(dir: &Path, name: &str) -> Result<[u8; KEY_LEN], DirEr
         });
     }
     if st.st_mode & 0o077 != 0 {
-        return Err(DirError::TooOpen {
+        return Err(DirError::FileTooOpen {
             path,
             mode: st.st_mode & 0o7777,
         });

@@ -585,6 +585,28 @@ impl S3 {
         Ok(())
     }
 
+    /// PUT with user metadata (`x-amz-meta-<name>` headers), e.g. the `mode` by which s3fs
+    /// makes an object a symbolic link.
+    pub fn put_with_metadata(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: &[u8],
+        metadata: &[(&str, &str)],
+    ) -> Result<(), String> {
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(aws_sdk_s3::primitives::ByteStream::from(body.to_vec()));
+        for (k, v) in metadata {
+            req = req.metadata(*k, *v);
+        }
+        self.rt.block_on(req.send()).map_err(sdk_err)?;
+        Ok(())
+    }
+
     /// Ok(None) when the object does not exist.
     pub fn get(&self, bucket: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
         self.rt.block_on(async {

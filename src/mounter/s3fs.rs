@@ -278,10 +278,6 @@ impl S3fsMounter {
         shared: &mut Shared,
     ) -> Result<(), MountError> {
         let path = shared.path.clone();
-        fsutil::sub_dir(&self.cfg.mount_root, &Path::new(SHARED_DIR).join(name))
-            .map_err(|e| MountError(format!("cannot create the shared mount folder: {e}")))?;
-        fsutil::sub_dir(&self.cfg.state_dir, &Self::tmp_rel(name))
-            .map_err(|e| MountError(format!("cannot create the s3fs staging folder: {e}")))?;
         // Nothing may be left at the path by an s3fs nobody owns (a daemon that died while
         // starting it): two s3fs on one path would break one-process-per-bucket.
         for pid in sys::pids_with_arg("s3fs", path.as_os_str()) {
@@ -291,6 +287,11 @@ impl S3fsMounter {
         if sys::mount_at(&sys::mounts(), &path).is_some() {
             sys::unmount(&path).map_err(MountError)?;
         }
+        // Made (or checked) once nothing is mounted there: a dead FUSE mount answers nothing.
+        fsutil::sub_dir(&self.cfg.mount_root, &Path::new(SHARED_DIR).join(name))
+            .map_err(|e| MountError(format!("cannot create the shared mount folder: {e}")))?;
+        fsutil::sub_dir(&self.cfg.state_dir, &Self::tmp_rel(name))
+            .map_err(|e| MountError(format!("cannot create the s3fs staging folder: {e}")))?;
         let log_path = self.log_path(name);
         let log = open_log(&self.cfg.state_dir, name)
             .map_err(|e| MountError(format!("cannot open s3fs log {}: {e}", log_path.display())))?;

@@ -175,7 +175,10 @@ remove_tree "$out"
 mkdir -p "$out"
 cp -a "$base" "$out/rootfs"
 install -m 0755 "$binary" "$out/rootfs/usr/bin/bai-s3"
-# The socket folder, the state and config mount points, the propagatedMount.
+# The socket folder, the state and config mount points, the propagatedMount. The
+# propagatedMount is 0755 (dockerd makes it so); the 0700 folder around it is what lets the
+# daemon's start-up check see that only root can reach the mounted volumes.
+install -d -m 0700 "$out/rootfs/var/lib/bai-s3"
 install -d -m 0755 "$out/rootfs/run/docker/plugins" "$out/rootfs/var/lib/bai-s3/volumes"
 install -d -m 0700 "$out/rootfs/state" "$out/rootfs/etc/bai-s3"
 cp plugin/config.json "$out/config.json"

@@ -104,6 +104,20 @@ pub fn parse(path: &str, text: &str) -> Result<BTreeMap<String, Backend>, Backen
                 "backend name {name:?}: use 1-64 letters, digits, '_' or '-'"
             ))
         })?;
+        // Before any message that quotes the endpoint: user info may be a password, and in
+        // the endpoint it would reach s3fs's argv and error messages.
+        let authority = b
+            .endpoint
+            .split_once("://")
+            .map_or(b.endpoint.as_str(), |(_, rest)| rest)
+            .split(['/', '?', '#'])
+            .next()
+            .unwrap_or_default();
+        if authority.contains('@') {
+            return Err(invalid(format!(
+                "backend {name:?}: endpoint must not carry a user name or password (\"user:pass@\" before the host); put the credentials in access-key and secret-key"
+            )));
+        }
         if !(b.endpoint.starts_with("http://") || b.endpoint.starts_with("https://")) {
             return Err(invalid(format!(
                 "backend {name:?}: endpoint {:?} must start with http:// or https://",
@@ -275,6 +289,19 @@ path-style = true
         let text = GOOD.replace("secret-key", "secret_key");
         let e = parse("f", &text).unwrap_err().to_string();
         assert!(!e.contains("very-secret"), "{e}");
+        for endpoint in [
+            "http://admin:very-secret@127.0.0.1:8333",
+            "https://very-secret@s3.example.com/path",
+            "ftp://u:very-secret@host",
+        ] {
+            let text = GOOD.replace("http://127.0.0.1:8333", endpoint);
+            let e = parse("f", &text).unwrap_err().to_string();
+            assert!(!e.contains("very-secret"), "{e}");
+            assert!(e.contains("must not carry a user name or password"), "{e}");
+        }
+        // An '@' in the path is not user info.
+        let text = GOOD.replace("http://127.0.0.1:8333", "http://127.0.0.1:8333/a@b");
+        assert!(parse("f", &text).is_ok());
         let text = GOOD.replace("http://", "ftp://");
         assert!(parse("f", &text)
             .unwrap_err()

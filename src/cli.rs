@@ -72,6 +72,12 @@ pub struct ServeArgs {
     /// Seconds the bucket check at Create may take.
     #[arg(long, env = "BAI_S3_CHECK_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=120))]
     pub check_timeout: u64,
+    /// MiB that s3fs keeps free on the state folder's disk, where it stages open files and
+    /// caches: a bigger write gets ENOSPC (or streams out) instead of filling the disk. s3fs
+    /// raises it to the volume's multipart size, and needs this plus parallel-count ×
+    /// multipart-size free to start.
+    #[arg(long, env = "BAI_S3_MIN_DISK_FREE", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub min_disk_free: u64,
     /// Log level: error, warn, info, debug, trace (or a tracing filter).
     #[arg(long, env = "BAI_S3_LOG_LEVEL", default_value = "info")]
     pub log_level: String,

@@ -32,6 +32,10 @@ pub fn init_logging(level: &str, format: LogFormat) -> Result<(), String> {
 
 /// Run `bai-s3 serve` until SIGTERM or SIGINT.
 pub async fn serve(args: ServeArgs) -> Result<(), String> {
+    // Before anything is written: folders that are links, not root's, or open to others are
+    // refused as they are (never chmod-ed); missing ones are made 0700.
+    let name_key = crate::fsutil::prepare_daemon_folders(&args.state_dir, &args.mount_root)
+        .map_err(|e| format!("refusing to start: {e}"))?;
     let (store, report) = Store::open(&args.state_dir)
         .map_err(|e| format!("cannot open state folder {}: {e}", args.state_dir.display()))?;
     if !report.problems.is_empty() {
@@ -52,6 +56,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         state_dir: args.state_dir.clone(),
         mount_timeout: Duration::from_secs(args.mount_timeout),
         program: args.s3fs.clone(),
+        min_disk_free: args.min_disk_free,
+        name_key,
     });
     let checker = Box::new(S3Checker {
         timeout: Duration::from_secs(args.check_timeout),

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod daemon;
 pub mod driver;
 pub mod error;
+pub mod fsutil;
 pub mod metrics;
 pub mod mounter;
 pub mod options;

@@ -590,16 +590,29 @@ fn uid_gid_umask_as_asked() {
             ));
         }
     }
-    // The container's user (uid 1000, as Backend.AI runs it) can write and read.
+    // The container's user (uid 1000, as Backend.AI runs it) can write and read, through a
+    // bind of the mount point as Docker gives it to a container (the mount root itself is
+    // root-only).
+    let view = d.dir.join("container-view");
+    fs::create_dir(&view).unwrap();
+    nix::mount::mount(
+        Some(&mp),
+        &view,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
     let out = Command::new("sh")
         .arg("-c")
         .arg(r#"echo from-1000 > "$1/by-1000.txt" && cat "$1/by-1000.txt" && ls "$1" >/dev/null"#)
         .arg("sh")
-        .arg(&mp)
+        .arg(&view)
         .uid(1000)
         .gid(1001)
         .output()
         .unwrap();
+    nix::mount::umount2(&view, nix::mount::MntFlags::MNT_DETACH).unwrap();
     let out_s = String::from_utf8_lossy(&out.stdout).into_owned();
     let err_s = String::from_utf8_lossy(&out.stderr).into_owned();
     unmount_ok(&d, &vol, &id);

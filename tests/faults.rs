@@ -921,8 +921,19 @@ fn full_state_folder_refuses_changes_and_keeps_the_file() {
         &["-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", &sd],
     );
     let guard = StateMount(d.state_dir.clone());
+    // s3fs stages open files in <state>/tmp and needs room there to start: give it a disk
+    // of its own (the guard's lazy unmount takes it along).
+    let tmp = d.state_dir.join("tmp");
+    fs::create_dir(&tmp).unwrap();
+    let tmp_s = tmp.to_str().unwrap().to_string();
+    run(
+        "mount",
+        &["-t", "tmpfs", "-o", "size=2g,mode=0700", "tmpfs", &tmp_s],
+    );
     for (name, bytes) in &saved {
         fs::write(d.state_dir.join(name), bytes).unwrap();
+        // As private as the daemon made them (it refuses an open key file).
+        fs::set_permissions(d.state_dir.join(name), fs::Permissions::from_mode(0o600)).unwrap();
     }
     let state_file = d.state_dir.join("volumes.json");
     let before = fs::read(&state_file).unwrap();

@@ -6,6 +6,7 @@
 //! one process. Nothing here knows about HTTP or Docker.
 
 pub mod bounded;
+pub mod resolve;
 pub mod s3fs;
 pub mod sys;
 

@@ -2,8 +2,9 @@
 //! mount per volume.
 //!
 //! Layout under the mount root:
-//! - `.s3fs/<backend>-<bucket>-<hash>`: one s3fs mount per (backend, bucket, uid, gid, umask,
-//!   tuning); `<hash>` covers the settings, so different settings never share a process.
+//! - `.s3fs/<backend>-<bucket>-<hash>`: one s3fs mount per [`Identity`] (backend and all its
+//!   settings, bucket, uid, gid, umask, tuning); `<hash>` is a keyed SHA-256 of all of it, so
+//!   different identities never share a process.
 //! - `<volume>`: the volume's mount point, a bind of the shared mount's root or of its
 //!   `<prefix>` folder, made read-only by a remount when the volume is `ro`.
 //!
@@ -14,7 +15,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,8 +26,14 @@ use nix::sys::signal::Signal;
 use tokio::process::Command;
 use tokio::sync::watch;
 
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
 use super::sys::{self, Pidfd};
-use super::{bounded, Adoption, Health, MountError, MountSpec, Mounter};
+use super::{bounded, resolve, Adoption, Health, MountError, MountSpec, Mounter};
+use crate::backends::Secret;
+use crate::fsutil;
+use crate::options::Tuning;
 
 /// Folder under the mount root that holds the shared s3fs mounts.
 pub const SHARED_DIR: &str = ".s3fs";
@@ -54,6 +61,92 @@ pub struct S3fsConfig {
     pub mount_timeout: Duration,
     /// The s3fs program (a name looked up in PATH, or a path).
     pub program: String,
+    /// MiB that s3fs keeps free on the state folder's disk (its `ensure_diskfree`): staging
+    /// files of open files and the cache stop growing there (`--min-disk-free`).
+    pub min_disk_free: u64,
+    /// Keys the hash of shared-mount names ([`fsutil::load_or_create_key`]).
+    pub name_key: [u8; fsutil::KEY_LEN],
+}
+
+/// Everything that makes one s3fs process: volumes share a process exactly when all of it is
+/// equal. The secret key is part of it (a rotated key gets a new process), and reaches the
+/// name only through a hash keyed with the host's own key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    backend: String,
+    endpoint: String,
+    region: String,
+    path_style: bool,
+    ca_file: Option<PathBuf>,
+    access_key: String,
+    secret_key: Secret,
+    bucket: String,
+    uid: u32,
+    gid: u32,
+    umask: u32,
+    tuning: Tuning,
+}
+
+impl Identity {
+    pub fn of(spec: &MountSpec) -> Self {
+        let (o, b) = (&spec.options, &spec.backend);
+        Identity {
+            backend: o.backend.clone(),
+            endpoint: b.endpoint.clone(),
+            region: b.region.clone(),
+            path_style: b.path_style,
+            ca_file: b.ca_file.clone(),
+            access_key: b.access_key.clone(),
+            secret_key: b.secret_key.clone(),
+            bucket: o.bucket.clone(),
+            uid: o.uid,
+            gid: o.gid,
+            umask: o.umask,
+            tuning: o.tuning,
+        }
+    }
+
+    /// The shared mount's name: `<backend>-<bucket>-<32 hex digits>`, readable, the same in
+    /// every run on this host (so a restarted daemon joins its mounts), and different for
+    /// every other identity: the digits are HMAC-SHA256 (keyed with `key`) over every field,
+    /// each length-prefixed, so no two identities encode alike.
+    pub fn name(&self, key: &[u8]) -> String {
+        // HMAC takes a key of any length; `new_from_slice` cannot fail for it.
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of every length"));
+        let t = &self.tuning;
+        let ca = self
+            .ca_file
+            .as_ref()
+            .map(|p| format!("some:{}", p.display()));
+        let fields: [&[u8]; 18] = [
+            b"bai-s3 shared mount v2",
+            self.backend.as_bytes(),
+            self.endpoint.as_bytes(),
+            self.region.as_bytes(),
+            if self.path_style { b"1" } else { b"0" },
+            ca.as_deref().unwrap_or("none").as_bytes(),
+            self.access_key.as_bytes(),
+            self.secret_key.expose().as_bytes(),
+            self.bucket.as_bytes(),
+            &self.uid.to_be_bytes(),
+            &self.gid.to_be_bytes(),
+            &self.umask.to_be_bytes(),
+            if t.cache { b"1" } else { b"0" },
+            &t.parallel_count.to_be_bytes(),
+            &t.multipart_size.to_be_bytes(),
+            &t.stat_cache_expire.to_be_bytes(),
+            if t.compat_dir { b"1" } else { b"0" },
+            b"end",
+        ];
+        for f in fields {
+            mac.update(&(f.len() as u64).to_be_bytes());
+            mac.update(f);
+        }
+        let digest = mac.finalize().into_bytes();
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}-{}-{hex}", self.backend, self.bucket)
+    }
 }
 
 /// What every holder of an s3fs knows of it: whether it lives, whether it answered the last
@@ -124,6 +217,9 @@ impl Process {
 /// One shared s3fs mount and the volume targets bound to it.
 struct Shared {
     path: PathBuf,
+    /// What the running s3fs was started for (None until a Mount joins it, e.g. an adopted one
+    /// whose name, a keyed hash of its identity, was all that was known).
+    identity: Option<Identity>,
     process: Option<Process>,
     users: HashSet<PathBuf>,
 }
@@ -155,34 +251,9 @@ impl S3fsMounter {
         self.cfg.mount_root.join(SHARED_DIR)
     }
 
-    /// The shared mount's name: readable, deterministic across restarts (so a restarted daemon
-    /// finds it), and different whenever the s3fs settings differ.
-    fn shared_name(spec: &MountSpec) -> String {
-        let o = &spec.options;
-        let b = &spec.backend;
-        let mut key = format!(
-            "{}|{}|{}|{}|{}|{}|{}|{}|{:?}|{}|{}|{}|{}|{}",
-            spec.options.backend,
-            o.bucket,
-            o.uid,
-            o.gid,
-            o.umask,
-            b.endpoint,
-            b.region,
-            b.path_style,
-            b.ca_file,
-            b.access_key,
-            o.tuning.cache,
-            o.tuning.parallel_count,
-            o.tuning.multipart_size,
-            o.tuning.stat_cache_expire,
-        );
-        // Only when not the default, so that the names of mounts made before the option
-        // existed stay the same and an upgraded daemon keeps sharing them.
-        if !o.tuning.compat_dir {
-            key.push_str("|notsup_compat_dir");
-        }
-        format!("{}-{}-{:016x}", o.backend, o.bucket, fnv1a(key.as_bytes()))
+    /// The shared mount's name for `spec` (see [`Identity::name`]).
+    fn shared_name(&self, spec: &MountSpec) -> String {
+        Identity::of(spec).name(&self.cfg.name_key)
     }
 
     fn entry(&self, name: &str) -> Arc<tokio::sync::Mutex<Shared>> {
@@ -191,6 +262,7 @@ impl S3fsMounter {
             .or_insert_with(|| {
                 Arc::new(tokio::sync::Mutex::new(Shared {
                     path: self.shared_root().join(name),
+                    identity: None,
                     process: None,
                     users: HashSet::new(),
                 }))
@@ -200,6 +272,11 @@ impl S3fsMounter {
 
     fn log_path(&self, name: &str) -> PathBuf {
         self.cfg.state_dir.join("logs").join(format!("{name}.log"))
+    }
+
+    /// Where s3fs stages open files: on the state folder's disk, never the host's `/tmp`.
+    fn tmp_rel(name: &str) -> PathBuf {
+        Path::new("tmp").join(name)
     }
 
     /// The s3fs command line; no secret in it.
@@ -221,6 +298,13 @@ impl S3fsMounter {
             "retries=2".to_string(),
             "connect_timeout=5".to_string(),
             "dbglevel=warn".to_string(),
+            format!(
+                "tmpdir={}",
+                self.cfg.state_dir.join(Self::tmp_rel(name)).display()
+            ),
+            // s3fs refuses to grow staging files (and the cache) below this many MiB free,
+            // so a huge write fails with ENOSPC or streams out instead of filling the disk.
+            format!("ensure_diskfree={}", self.cfg.min_disk_free),
             // s3fs's own log file is written line by line; its stdout is block-buffered and
             // would say nothing before it exits.
             format!("logfile={}", self.log_path(name).display()),
@@ -235,8 +319,6 @@ impl S3fsMounter {
             let dir = self.cfg.state_dir.join("cache").join(name);
             opts.push(format!("use_cache={}", dir.display()));
             opts.push("del_cache".to_string());
-            // Keep room on the host's disk: s3fs stops caching below this many MiB free.
-            opts.push("ensure_diskfree=1024".to_string());
         }
         vec![
             o.bucket.clone(),
@@ -255,9 +337,6 @@ impl S3fsMounter {
         shared: &mut Shared,
     ) -> Result<(), MountError> {
         let path = shared.path.clone();
-        create_dir(&self.shared_root(), 0o700)
-            .and_then(|_| create_dir(&path, 0o755))
-            .map_err(|e| MountError(format!("cannot create {}: {e}", path.display())))?;
         // Nothing may be left at the path by an s3fs nobody owns (a daemon that died while
         // starting it): two s3fs on one path would break one-process-per-bucket.
         // It serves no volume (`start` runs only when none is bound here), so it is killed.
@@ -279,22 +358,25 @@ impl S3fsMounter {
                 .map_err(|e| MountError(format!("unmounting {}: {e}", path.display())))?
                 .map_err(MountError)?;
         }
+        // Made (or checked) once nothing is mounted there: a dead FUSE mount answers nothing.
+        fsutil::sub_dir(&self.cfg.mount_root, &Path::new(SHARED_DIR).join(name))
+            .map_err(|e| MountError(format!("cannot create the shared mount folder: {e}")))?;
+        fsutil::sub_dir(&self.cfg.state_dir, &Self::tmp_rel(name))
+            .map_err(|e| MountError(format!("cannot create the s3fs staging folder: {e}")))?;
         // What a Mount interrupted by a crash or a timeout wrote into the bare folder (a
         // folder creation that outlived its s3fs) would make s3fs refuse the folder as "not
         // empty" forever: it is no bucket's data, so it goes.
         clear_folder(&path)
             .map_err(|e| MountError(format!("cannot clear {}: {e}", path.display())))?;
         let log_path = self.log_path(name);
-        let log = open_log(&log_path)
+        let log = open_log(&self.cfg.state_dir, name)
             .map_err(|e| MountError(format!("cannot open s3fs log {}: {e}", log_path.display())))?;
         let log2 = log
             .try_clone()
             .map_err(|e| MountError(format!("cannot open s3fs log: {e}")))?;
         if spec.options.tuning.cache {
-            let dir = self.cfg.state_dir.join("cache").join(name);
-            create_dir(&dir, 0o700).map_err(|e| {
-                MountError(format!("cannot create cache folder {}: {e}", dir.display()))
-            })?;
+            fsutil::sub_dir(&self.cfg.state_dir, &Path::new("cache").join(name))
+                .map_err(|e| MountError(format!("cannot create the cache folder: {e}")))?;
         }
 
         let mut cmd = Command::new(&self.cfg.program);
@@ -494,27 +576,31 @@ fn is_fuse_ready(path: &Path) -> bool {
     fs::read_dir(path).is_ok()
 }
 
-/// Make `target` an empty folder that is not a mount point, whatever an earlier run left there
-/// (a dead FUSE mount would make `mkdir` fail with "file exists").
-fn prepare_target(target: &Path) -> Result<(), MountError> {
+/// Make `<mount_root>/<volume>` an empty folder that is not a mount point, whatever an earlier
+/// run left there (a dead FUSE mount would make `mkdir` fail with "file exists"), and open it
+/// without following a link.
+fn prepare_target(mount_root: &Path, volume: &str) -> Result<std::os::fd::OwnedFd, MountError> {
+    let target = mount_root.join(volume);
     // Mounts may be stacked; a few rounds clear them, and a target that stays mounted after
     // that is reported rather than looped on.
     for _ in 0..8 {
-        if sys::mount_at(&sys::mounts(), target).is_none() {
+        if sys::mount_at(&sys::mounts(), &target).is_none() {
             break;
         }
-        sys::unmount(target).map_err(MountError)?;
+        sys::unmount(&target).map_err(MountError)?;
     }
-    if sys::mount_at(&sys::mounts(), target).is_some() {
+    if sys::mount_at(&sys::mounts(), &target).is_some() {
         return Err(MountError(format!(
             "{} is still mounted by something else and cannot be cleared",
             target.display()
         )));
     }
-    create_dir(target, 0o755).map_err(|e| {
+    let root = fsutil::open_dir(mount_root).map_err(|e| MountError(e.to_string()))?;
+    fsutil::open_beneath(root.as_fd(), Path::new(volume), Some(0o755), true).map_err(|e| {
         MountError(format!(
-            "cannot create mount point {}: {e}",
-            target.display()
+            "cannot create mount point {} in {}: {e}",
+            target.display(),
+            mount_root.display()
         ))
     })
 }
@@ -552,28 +638,12 @@ fn clear_folder(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Create a folder (and its parents) with `mode`; an existing one is fine.
-fn create_dir(path: &Path, mode: u32) -> std::io::Result<()> {
-    match fs::DirBuilder::new()
-        .recursive(true)
-        .mode(mode)
-        .create(path)
-    {
-        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
-        _ => Ok(()),
-    }
-}
-
-fn open_log(path: &Path) -> std::io::Result<fs::File> {
-    if let Some(dir) = path.parent() {
-        create_dir(dir, 0o700)?;
-    }
-    // Appended to, as s3fs writes it through `logfile` too; emptied for each start.
-    let f = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)?;
+/// The s3fs log of the shared mount `name`, in `<state_dir>/logs` (made 0700), opened without
+/// following a link and emptied for this start. Appended to, as s3fs writes it through
+/// `logfile` too.
+fn open_log(state_dir: &Path, name: &str) -> std::io::Result<fs::File> {
+    let dir = fsutil::sub_dir(state_dir, Path::new("logs")).map_err(std::io::Error::other)?;
+    let f = fsutil::open_private_file(dir.as_fd(), &format!("{name}.log"))?;
     f.set_len(0)?;
     Ok(f)
 }
@@ -599,18 +669,11 @@ fn log_tail(path: &Path) -> String {
     }
 }
 
-/// FNV-1a, 64 bits: a stable hash for names that must be the same in every run and version.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 impl Mounter for S3fsMounter {
     async fn mount(&self, spec: &MountSpec) -> Result<String, MountError> {
         // One deadline for the whole Mount, whatever part of it is slow.
         let deadline = Instant::now() + self.cfg.mount_timeout;
-        let name = Self::shared_name(spec);
+        let name = self.shared_name(spec);
         let shared = self.entry(&name);
         let mut s = shared.lock().await;
         if let Some(p) = &s.process {
@@ -653,45 +716,62 @@ impl Mounter for S3fsMounter {
             return Err(MountError("s3fs is not running after its start".into()));
         };
 
-        let source = match &spec.options.prefix {
-            Some(prefix) => s.path.join(prefix),
-            None => s.path.clone(),
+        // Joining compares the whole identity, not only the name.
+        let identity = Identity::of(spec);
+        let joined = match &s.identity {
+            Some(running) if *running != identity => Err(MountError(format!(
+                "the shared s3fs {name} runs with other settings than volume {:?} asks for; not joined",
+                spec.volume
+            ))),
+            _ => {
+                s.identity = Some(identity);
+                Ok(())
+            }
         };
+        let shared_path = s.path.clone();
+        let mount_root = self.cfg.mount_root.clone();
+        let volume = spec.volume.clone();
         let target = spec.target.clone();
         // Read-only binds are prepared in a private staging folder (see `sys::bind`).
-        let stage = spec
-            .options
-            .ro
-            .then(|| self.cfg.state_dir.join("stage").join(&spec.volume));
+        let stage_root = self.cfg.state_dir.join("stage");
+        let ro = spec.options.ro;
         let prefix = spec.options.prefix.clone();
         let bucket = spec.options.bucket.clone();
         // The work below may outlive the Mount's deadline (a lookup stuck on a slow store). The
-        // flag makes sure none of it lands after the Mount answered: a late folder or bind is
-        // never made, or is undone.
+        // phase makes sure none of it lands after the Mount answered: a late bind is never
+        // made, or is undone. (A folder the resolver creates lands inside the bucket or, once
+        // the s3fs is gone, nowhere: it works on fds of the FUSE mount.)
         let phase = Arc::new(std::sync::atomic::AtomicU8::new(RUNNING));
-        let ph = phase.clone();
-        let cancelled = move || ph.load(Ordering::Acquire) == CANCELLED;
         let ph = phase.clone();
         let mut task = tokio::task::spawn_blocking(move || -> Result<(), MountError> {
             let late = || MountError("the mount was given up at its deadline".into());
-            if prefix.is_some() && !source.is_dir() {
-                if cancelled() {
-                    return Err(late());
-                }
-                fs::create_dir_all(&source).map_err(|e| {
-                    MountError(format!(
-                        "prefix {:?} does not exist in bucket {bucket:?} and could not be created: {e}",
-                        prefix.unwrap_or_default()
-                    ))
-                })?;
-            }
+            let cancelled = || ph.load(Ordering::Acquire) == CANCELLED;
+            joined?;
             if cancelled() {
                 return Err(late());
             }
-            prepare_target(&target)?;
-            sys::bind(&source, &target, stage.as_deref()).map_err(|e| {
+            // The prefix is resolved inside the bucket's mount and bound from the fd that
+            // walk returned; a read-only volume never creates it.
+            let source = resolve::open_prefix(&shared_path, &bucket, prefix.as_deref(), ro)?;
+            if cancelled() {
+                return Err(late());
+            }
+            let target_fd = prepare_target(&mount_root, &volume)?;
+            let shown = (
+                shared_path.join(prefix.as_deref().unwrap_or("")),
+                target.clone(),
+            );
+            let stage = ro.then_some((stage_root.as_path(), volume.as_str()));
+            sys::bind(
+                source.as_fd(),
+                target_fd.as_fd(),
+                (&shown.0, &shown.1),
+                stage,
+            )
+            .map_err(MountError)
+            .and_then(|()| resolve::check_view(&target, &shared_path, prefix.as_deref()))
+            .inspect_err(|_| {
                 let _ = fs::remove_dir(&target);
-                MountError(e)
             })?;
             if ph
                 .compare_exchange(RUNNING, DONE, Ordering::AcqRel, Ordering::Acquire)
@@ -1007,22 +1087,58 @@ mod tests {
         }
     }
 
+    fn name(pairs: &[(&str, &str)]) -> String {
+        Identity::of(&spec(pairs)).name(&[7; fsutil::KEY_LEN])
+    }
+
     #[test]
     fn shared_names_split_on_settings_but_not_on_prefix_or_ro() {
-        let a = S3fsMounter::shared_name(&spec(&[("bucket", "abc")]));
-        let b = S3fsMounter::shared_name(&spec(&[
-            ("bucket", "abc"),
-            ("prefix", "p/q"),
-            ("ro", "true"),
-        ]));
-        let c = S3fsMounter::shared_name(&spec(&[("bucket", "abc"), ("uid", "1000")]));
-        let d = S3fsMounter::shared_name(&spec(&[("bucket", "abc"), ("compat-dir", "false")]));
+        let a = name(&[("bucket", "abc")]);
+        let b = name(&[("bucket", "abc"), ("prefix", "p/q"), ("ro", "true")]);
         assert_eq!(a, b);
-        assert_ne!(a, c);
-        assert_ne!(a, d);
-        assert!(a.starts_with("default-abc-"));
-        // Pinned: a daemon finds the shared mounts of an earlier version by these names.
-        assert_eq!(a, "default-abc-d18409f455ef3340");
+        for other in [
+            name(&[("bucket", "abc"), ("uid", "1000")]),
+            name(&[("bucket", "abc"), ("compat-dir", "false")]),
+            name(&[("bucket", "abc"), ("cache", "true")]),
+            name(&[("bucket", "abd")]),
+        ] {
+            assert_ne!(a, other);
+        }
+        // Pinned format: `<backend>-<bucket>-<32 hex>`, HMAC-SHA256 with the host's key.
+        assert_eq!(a, "default-abc-fcd37c96b82030ac88cb11972719b43c");
+        // Another host key, another name; the secret key never shows.
+        let other_host = Identity::of(&spec(&[("bucket", "abc")])).name(&[8; fsutil::KEY_LEN]);
+        assert_ne!(a, other_host);
+        assert!(!a.contains("TOPSECRET"));
+    }
+
+    #[test]
+    fn names_cannot_meet_across_field_boundaries() {
+        // The old name joined fields with '-' and '|': backend `a-b` with bucket `c` and
+        // backend `a` with bucket `b-c` met. Length-prefixed fields keep them apart.
+        let mut x = spec(&[("bucket", "ccc"), ("backend", "a-b")]);
+        let mut y = spec(&[("bucket", "b-ccc"), ("backend", "a")]);
+        assert_eq!(
+            format!("{}-{}", x.options.backend, x.options.bucket),
+            format!("{}-{}", y.options.backend, y.options.bucket)
+        );
+        let key = [1; fsutil::KEY_LEN];
+        assert_ne!(Identity::of(&x).name(&key), Identity::of(&y).name(&key));
+        // Every backend setting counts, the secret key too (a rotated key gets a new s3fs).
+        let base = Identity::of(&x).name(&key);
+        x.backend.region = "eu-west-1".into();
+        assert_ne!(Identity::of(&x).name(&key), base);
+        y = spec(&[("bucket", "ccc"), ("backend", "a-b")]);
+        y.backend.secret_key = toml::from_str::<Backend>(
+            "endpoint = \"http://127.0.0.1:1\"\naccess-key = \"AK\"\nsecret-key = \"OTHER\"\n",
+        )
+        .unwrap()
+        .secret_key;
+        assert_ne!(Identity::of(&y).name(&key), base);
+        assert_ne!(
+            Identity::of(&y),
+            Identity::of(&spec(&[("bucket", "ccc"), ("backend", "a-b")]))
+        );
     }
 
     #[test]
@@ -1052,12 +1168,15 @@ mod tests {
             state_dir: "/s".into(),
             mount_timeout: Duration::from_secs(1),
             program: "s3fs".into(),
+            min_disk_free: 512,
+            name_key: [7; fsutil::KEY_LEN],
         });
         let s = spec(&[("bucket", "abc"), ("uid", "1000"), ("cache", "true")]);
         let args = m.s3fs_args(&s, "n", Path::new("/m/.s3fs/n")).join(" ");
         assert!(!args.contains("TOPSECRET"), "{args}");
         assert!(args.contains("uid=1000") && args.contains("allow_other") && args.contains(" -f "));
         assert!(args.contains("use_cache=/s/cache/n"));
+        assert!(args.contains("tmpdir=/s/tmp/n,") && args.contains("ensure_diskfree=512"));
         assert!(!args.contains("notsup_compat_dir"));
         let s = spec(&[("bucket", "abc"), ("compat-dir", "false")]);
         let args = m.s3fs_args(&s, "n", Path::new("/m/.s3fs/n")).join(" ");

@@ -7,6 +7,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
+use std::os::fd::{AsFd, BorrowedFd};
+
+use crate::fsutil::{fd_path, open_beneath, open_dir};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 /// One line of `/proc/self/mountinfo`.
@@ -71,7 +74,7 @@ pub fn mount_at(table: &[MountEntry], path: &Path) -> Option<MountEntry> {
     table.iter().rev().find(|m| m.mount_point == path).cloned()
 }
 
-fn bind_once(source: &Path, target: &Path) -> Result<(), String> {
+fn bind_once(source: &Path, target: &Path, shown: (&Path, &Path)) -> Result<(), String> {
     mount(
         Some(source),
         target,
@@ -82,36 +85,49 @@ fn bind_once(source: &Path, target: &Path) -> Result<(), String> {
     .map_err(|e| {
         format!(
             "bind mount of {} on {} failed: {}",
-            source.display(),
-            target.display(),
+            shown.0.display(),
+            shown.1.display(),
             e.desc()
         )
     })
 }
 
-/// Bind `source` onto `target`, read-only when asked.
+/// Bind the folder `source` onto the folder `target`, both given as fds (see
+/// [`crate::fsutil::open_beneath`]) so that no name is looked up again between checking and
+/// mounting; `shown` are their paths for messages. Read-only when `read_only` names a staging
+/// folder `(stage_root, volume)`.
 ///
 /// A read-only bind needs a remount after the bind, and a remount changes only the one mount
 /// it names: when `target` lies in a shared mount (the managed plugin's propagatedMount, or a
 /// host whose `/` is shared), the copies already propagated to the host stay writable, and
-/// Docker hands those to containers. So a read-only bind is made in `stage`, a folder in a
+/// Docker hands those to containers. So a read-only bind is made in a staging folder inside a
 /// private mount, remounted read-only there, and only then bound onto `target`: every copy of
 /// that bind, propagated or not, starts read-only.
-pub fn bind(source: &Path, target: &Path, read_only: Option<&Path>) -> Result<(), String> {
-    let Some(stage) = read_only else {
-        return bind_once(source, target);
+pub fn bind(
+    source: BorrowedFd<'_>,
+    target: BorrowedFd<'_>,
+    shown: (&Path, &Path),
+    read_only: Option<(&Path, &str)>,
+) -> Result<(), String> {
+    let (src, dst) = (fd_path(source), fd_path(target));
+    let Some((stage_root, volume)) = read_only else {
+        return bind_once(&src, &dst, shown);
     };
-    make_private_mount(stage.parent().unwrap_or(stage))?;
-    match fs::create_dir(stage) {
-        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-            return Err(format!("cannot create {}: {e}", stage.display()))
-        }
-        _ => {}
-    }
-    let _ = unmount(stage);
-    bind_once(source, stage)?;
+    make_private_mount(stage_root)?;
+    let root_fd = open_dir(stage_root).map_err(|e| e.to_string())?;
+    // A staging bind a crashed run left would hide the folder itself.
+    let stage = stage_root.join(volume);
+    let _ = unmount(&stage);
+    let stage_fd =
+        open_beneath(root_fd.as_fd(), Path::new(volume), Some(0o700), true).map_err(|e| {
+            format!(
+                "cannot make staging folder in {}: {e}",
+                stage_root.display()
+            )
+        })?;
+    bind_once(&src, &fd_path(stage_fd.as_fd()), (shown.0, &stage))?;
     let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-    let result = mount(None::<&str>, stage, None::<&str>, flags, None::<&str>)
+    let result = mount(None::<&str>, &stage, None::<&str>, flags, None::<&str>)
         .map_err(|e| {
             format!(
                 "read-only remount of {} failed: {}",
@@ -119,21 +135,19 @@ pub fn bind(source: &Path, target: &Path, read_only: Option<&Path>) -> Result<()
                 e.desc()
             )
         })
-        .and_then(|()| bind_once(stage, target));
-    let _ = umount2(stage, MntFlags::MNT_DETACH);
-    let _ = fs::remove_dir(stage);
+        .and_then(|()| bind_once(&stage, &dst, (&stage, shown.1)));
+    let _ = umount2(&stage, MntFlags::MNT_DETACH);
+    let _ = fs::remove_dir(&stage);
     result
 }
 
-/// Make `dir` a mount of its own with private propagation, so mounts made inside it are seen
-/// nowhere else.
+/// Make `dir` (a folder the daemon checked at start, see [`crate::fsutil::sub_dir`]) a mount
+/// of its own with private propagation, so mounts made inside it are seen nowhere else.
 pub fn make_private_mount(dir: &Path) -> Result<(), String> {
-    match fs::create_dir_all(dir) {
-        Ok(()) => {}
-        Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
-    }
+    let fd = open_dir(dir).map_err(|e| e.to_string())?;
     if mount_at(&mounts(), dir).is_none() {
-        bind_once(dir, dir)?;
+        let p = fd_path(fd.as_fd());
+        bind_once(&p, &p, (dir, dir))?;
     }
     mount(
         None::<&str>,

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::net::TcpListener;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -587,6 +587,28 @@ impl S3 {
         Ok(())
     }
 
+    /// PUT with user metadata (`x-amz-meta-<name>` headers), e.g. the `mode` by which s3fs
+    /// makes an object a symbolic link.
+    pub fn put_with_metadata(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: &[u8],
+        metadata: &[(&str, &str)],
+    ) -> Result<(), String> {
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(aws_sdk_s3::primitives::ByteStream::from(body.to_vec()));
+        for (k, v) in metadata {
+            req = req.metadata(*k, *v);
+        }
+        self.rt.block_on(req.send()).map_err(sdk_err)?;
+        Ok(())
+    }
+
     /// Ok(None) when the object does not exist.
     pub fn get(&self, bucket: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
         self.rt.block_on(async {
@@ -734,8 +756,10 @@ impl Daemon {
             tmp: Some(tmp),
             expect_clean_end: true,
         };
-        fs::create_dir_all(&d.state_dir).unwrap();
-        fs::create_dir_all(&d.mount_root).unwrap();
+        // Root-only, as the daemon requires of them at start (it refuses open ones).
+        for dir in [&d.state_dir, &d.mount_root] {
+            fs::DirBuilder::new().mode(0o700).create(dir).unwrap();
+        }
         d.write_backends(backends);
         let mut d = d;
         d.spawn();

@@ -1,0 +1,505 @@
+//! Containment against the real `bai-s3 serve`, real s3fs and a real SeaweedFS: what a bucket
+//! holds (symbolic links planted through a mount, or as objects with s3fs's symlink metadata),
+//! what a setting says (open folders, endpoints with user info) and what a container writes
+//! (a file bigger than the state folder's disk) never reaches the host.
+mod support;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::*;
+
+fn mount_ok(d: &Daemon, vol: &str, id: &str) -> PathBuf {
+    d.mount(vol, id)
+        .unwrap_or_else(|e| panic!("Mount {vol} failed: {e}\n{}", d.logs_tail(60)))
+}
+
+/// The whole mount table, for "nothing new was mounted".
+fn table() -> Vec<String> {
+    mountinfo()
+        .iter()
+        .map(|m| format!("{} {}", m.mount_point.display(), m.fs_type))
+        .collect()
+}
+
+/// Mount `vol` (prefix `prefix` of `bucket`) and expect a refusal that names `component`;
+/// nothing may be mounted or made on the host.
+fn expect_refused(d: &Daemon, bucket: &str, prefix: &str, component: &str, host: &[&Path]) {
+    let vol = unique_name("evil");
+    create_ok(d, &vol, &[("bucket", bucket), ("prefix", prefix)]);
+    let before = table();
+    let e = d
+        .mount(&vol, &new_id())
+        .expect_err(&format!("Mount of prefix {prefix:?} succeeded"));
+    assert!(
+        e.contains(&format!("{component:?}"))
+            && e.contains("a prefix must be a folder in the bucket"),
+        "prefix {prefix:?}: the Err does not name {component:?} and the rule: {e}"
+    );
+    assert_eq!(
+        table(),
+        before,
+        "prefix {prefix:?}: the mount table changed"
+    );
+    assert!(
+        !d.mountpoint_of(&vol).exists(),
+        "prefix {prefix:?}: mount point left"
+    );
+    for p in host {
+        assert!(
+            !p.exists(),
+            "prefix {prefix:?}: {} was made on the host",
+            p.display()
+        );
+    }
+    d.remove(&vol).unwrap();
+}
+
+#[test]
+fn links_planted_through_a_mount_never_lead_out_of_the_bucket() {
+    let Some((s3, d)) = setup("links_planted_through_a_mount") else {
+        return;
+    };
+    let b = new_bucket(s3, "links");
+    let host = tempfile::tempdir().unwrap();
+    fs::write(host.path().join("marker"), b"host").unwrap();
+    let w = unique_name("whole");
+    create_ok(&d, &w, &[("bucket", &b)]);
+    let id = new_id();
+    let mp = mount_ok(&d, &w, &id);
+    symlink("/", mp.join("evil")).unwrap();
+    symlink(host.path(), mp.join("lnk")).unwrap();
+    fs::create_dir(mp.join("real")).unwrap();
+    symlink("/etc", mp.join("real/inner")).unwrap();
+    let tag = random_hex(4);
+    let on_root = PathBuf::from(format!("/bai-s3-contain-{tag}"));
+    let in_host = host.path().join(format!("sub-{tag}"));
+    let in_etc = PathBuf::from(format!("/etc/bai-s3-contain-{tag}"));
+
+    expect_refused(&d, &b, "evil", "evil", &[]);
+    let p = format!("evil/bai-s3-contain-{tag}");
+    expect_refused(&d, &b, &p, "evil", &[&on_root]);
+    expect_refused(&d, &b, "lnk", "lnk", &[]);
+    expect_refused(&d, &b, &format!("lnk/sub-{tag}"), "lnk", &[&in_host]);
+    expect_refused(&d, &b, "real/inner", "real/inner", &[]);
+    let p = format!("real/inner/bai-s3-contain-{tag}");
+    expect_refused(&d, &b, &p, "real/inner", &[&in_etc]);
+    let names: Vec<_> = fs::read_dir(host.path()).unwrap().flatten().collect();
+    assert_eq!(names.len(), 1, "the host folder changed: {names:?}");
+
+    // A real folder still works, and its missing tail is made in the bucket.
+    let ok = unique_name("fine");
+    create_ok(&d, &ok, &[("bucket", &b), ("prefix", "real/made")]);
+    let id2 = new_id();
+    mount_ok(&d, &ok, &id2);
+    assert!(mp.join("real/made").is_dir());
+    unmount_ok(&d, &ok, &id2);
+    unmount_ok(&d, &w, &id);
+}
+
+/// s3fs 1.90 shows an object whose `x-amz-meta-mode` has the S_IFLNK bits as a symbolic link
+/// to the object's body.
+const S_IFLNK_0777: &str = "41471"; // 0o120777
+
+#[test]
+fn links_written_as_objects_through_s3_never_lead_out_of_the_bucket() {
+    let Some((s3, d)) = setup("links_written_as_objects") else {
+        return;
+    };
+    let b = new_bucket(s3, "objlinks");
+    let host = tempfile::tempdir().unwrap();
+    let meta = [("mode", S_IFLNK_0777)];
+    s3.s3().put_with_metadata(&b, "evil", b"/", &meta).unwrap();
+    let target = host.path().to_str().unwrap().as_bytes().to_vec();
+    s3.s3()
+        .put_with_metadata(&b, "lnk", &target, &meta)
+        .unwrap();
+    s3.s3().put(&b, "real/", b"").unwrap();
+    s3.s3()
+        .put_with_metadata(&b, "real/inner", b"/etc", &meta)
+        .unwrap();
+    let tag = random_hex(4);
+    let on_root = PathBuf::from(format!("/bai-s3-contain-{tag}"));
+    let in_host = host.path().join(format!("sub-{tag}"));
+
+    expect_refused(&d, &b, "evil", "evil", &[]);
+    expect_refused(
+        &d,
+        &b,
+        &format!("evil/bai-s3-contain-{tag}"),
+        "evil",
+        &[&on_root],
+    );
+    expect_refused(&d, &b, &format!("lnk/sub-{tag}"), "lnk", &[&in_host]);
+    expect_refused(&d, &b, "real/inner", "real/inner", &[]);
+    assert_eq!(fs::read_dir(host.path()).unwrap().count(), 0);
+    // Nothing was written into the bucket either.
+    let keys = s3.s3().list(&b, None).unwrap();
+    assert_eq!(keys, vec!["evil", "lnk", "real/", "real/inner"], "{keys:?}");
+}
+
+#[test]
+fn a_read_only_volume_never_creates_its_prefix() {
+    let Some((s3, d)) = setup("a_read_only_volume_never_creates_its_prefix") else {
+        return;
+    };
+    let b = new_bucket(s3, "roprefix");
+    // A writable volume keeps the shared s3fs up: the ro one would find a writable mount.
+    let w = unique_name("rw");
+    create_ok(&d, &w, &[("bucket", &b)]);
+    let id = new_id();
+    let wmp = mount_ok(&d, &w, &id);
+    let ro = unique_name("ro");
+    create_ok(
+        &d,
+        &ro,
+        &[("bucket", &b), ("prefix", "missing/deeper"), ("ro", "true")],
+    );
+    let before = table();
+    let e = d
+        .mount(&ro, &new_id())
+        .expect_err("ro Mount of a missing prefix succeeded");
+    assert!(e.contains("read-only volume never creates it"), "{e}");
+    assert!(
+        e.contains("\"missing\""),
+        "the Err does not name the component: {e}"
+    );
+    assert_eq!(table(), before);
+    assert!(!wmp.join("missing").exists());
+    assert!(s3.s3().list(&b, Some("missing")).unwrap().is_empty());
+    // Made by a writer, it mounts.
+    fs::create_dir_all(wmp.join("missing/deeper")).unwrap();
+    let id2 = new_id();
+    mount_ok(&d, &ro, &id2);
+    unmount_ok(&d, &ro, &id2);
+    unmount_ok(&d, &w, &id);
+}
+
+/// `bai-s3 serve` with these folders, which must refuse to start; returns its stderr.
+fn refused_start(dir: &Path, state: &Path, root: &Path) -> String {
+    let mut child = Command::new(daemon_bin())
+        .arg("serve")
+        .arg("--socket")
+        .arg(dir.join("s.sock"))
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--mount-root")
+        .arg(root)
+        .arg("--config")
+        .arg(dir.join("none.toml"))
+        .env_remove("BAI_S3_STATE_DIR")
+        .env_remove("BAI_S3_MOUNT_ROOT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = poll(Duration::from_secs(20), || child.try_wait().ok().flatten());
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "the daemon started with state {} and mount root {}",
+            state.display(),
+            root.display()
+        );
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "exit {status}: {err}");
+    assert!(!dir.join("s.sock").exists(), "it listened: {err}");
+    err
+}
+
+fn mode(p: &Path) -> u32 {
+    fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+#[test]
+fn folders_open_to_local_users_are_refused_at_start_and_left_unchanged() {
+    if !prereqs("folders_open_to_local_users") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let good_state = dir.join("state");
+    fs::DirBuilder::new().create(&good_state).unwrap();
+    fs::set_permissions(&good_state, fs::Permissions::from_mode(0o700)).unwrap();
+
+    // `--mount-root` outside the state folder, open to everyone (any user read every volume).
+    let open_root = dir.join("open-volumes");
+    fs::create_dir(&open_root).unwrap();
+    fs::set_permissions(&open_root, fs::Permissions::from_mode(0o755)).unwrap();
+    let e = refused_start(dir, &good_state, &open_root);
+    assert!(
+        e.contains(&open_root.display().to_string()) && e.contains("0755"),
+        "{e}"
+    );
+    assert_eq!(mode(&open_root), 0o755, "the mount root's mode was changed");
+
+    // `--state-dir /var/lib`-like: an existing open folder is refused, not chmod-ed.
+    let open_state = dir.join("open-state");
+    fs::create_dir(&open_state).unwrap();
+    fs::set_permissions(&open_state, fs::Permissions::from_mode(0o755)).unwrap();
+    let e = refused_start(dir, &open_state, &good_state.join("volumes"));
+    assert!(
+        e.contains(&open_state.display().to_string()) && e.contains("chmod 700"),
+        "{e}"
+    );
+    assert_eq!(
+        mode(&open_state),
+        0o755,
+        "the state folder's mode was changed"
+    );
+    assert_eq!(
+        fs::read_dir(&open_state).unwrap().count(),
+        0,
+        "something was written"
+    );
+
+    // A link as the state folder or the mount root is not followed.
+    let link = dir.join("link");
+    symlink(&good_state, &link).unwrap();
+    let e = refused_start(dir, &link, &good_state.join("volumes"));
+    assert!(e.contains("symbolic link"), "{e}");
+    let e = refused_start(dir, &good_state, &link);
+    assert!(e.contains("symbolic link"), "{e}");
+}
+
+const NOBODY: u32 = 65534;
+
+#[test]
+fn a_local_user_cannot_reach_a_mounted_volume() {
+    let Some((s3, d)) = setup("a_local_user_cannot_reach_a_mounted_volume") else {
+        return;
+    };
+    // Open the test's own folder, so only the daemon's rule protects the mount root.
+    fs::set_permissions(&d.dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let b = new_bucket(s3, "nobody");
+    s3.s3().put(&b, "private.txt", b"secret data").unwrap();
+    let v = unique_name("nobody");
+    create_ok(&d, &v, &[("bucket", &b)]);
+    let id = new_id();
+    let mp = mount_ok(&d, &v, &id);
+    assert_eq!(fs::read(mp.join("private.txt")).unwrap(), b"secret data");
+    let out = Command::new("cat")
+        .arg(mp.join("private.txt"))
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .env_clear()
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("Permission denied"),
+        "nobody read a mounted volume: {} {err}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(mode(&d.mount_root) & 0o077, 0);
+    unmount_ok(&d, &v, &id);
+}
+
+/// Unmounts a tmpfs when dropped (after the daemon, declared later, is gone).
+struct Tmpfs(PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+fn free_mib(p: &Path) -> u64 {
+    let st = nix::sys::statvfs::statvfs(p).unwrap();
+    st.blocks_available() * st.fragment_size() / (1024 * 1024)
+}
+
+#[test]
+fn a_huge_write_never_fills_the_state_folders_disk() {
+    if !prereqs("a_huge_write_never_fills_the_state_folders_disk") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let state = t.path().join("small-state");
+    fs::create_dir(&state).unwrap();
+    let out = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=80m,mode=0700", "tmpfs"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _tmpfs = Tmpfs(state.clone());
+    const RESERVE: u64 = 40;
+    let s3 = shared_s3();
+    let sd = state.to_str().unwrap().to_string();
+    let d = Daemon::start_with(
+        &[s3.backend("default")],
+        &["--state-dir", &sd, "--min-disk-free", &RESERVE.to_string()],
+    );
+    let b = new_bucket(s3, "diskfull");
+    let v = unique_name("diskfull");
+    create_ok(
+        &d,
+        &v,
+        &[
+            ("bucket", &b),
+            ("multipart-size", "5"),
+            ("parallel-count", "1"),
+        ],
+    );
+    let id = new_id();
+    let mp = mount_ok(&d, &v, &id);
+    let pid = d.s3fs_pids()[0];
+    let args = cmdline(pid).join(" ");
+    assert!(
+        args.contains(&format!("tmpdir={sd}/tmp/"))
+            && args.contains(&format!("ensure_diskfree={RESERVE}")),
+        "{args}"
+    );
+
+    // Watch the state disk and where s3fs keeps its staging files while 120 MiB are written.
+    let stop = Arc::new(AtomicBool::new(false));
+    let min_free = Arc::new(AtomicU64::new(u64::MAX));
+    let staged_in_state = Arc::new(AtomicBool::new(false));
+    let staged_elsewhere = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sampler = {
+        let (stop, min_free, inside, elsewhere) = (
+            stop.clone(),
+            min_free.clone(),
+            staged_in_state.clone(),
+            staged_elsewhere.clone(),
+        );
+        let state = state.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                min_free.fetch_min(free_mib(&state), Ordering::AcqRel);
+                for e in fs::read_dir(format!("/proc/{pid}/fd"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    if let Ok(l) = fs::read_link(e.path()) {
+                        let l = l.display().to_string();
+                        if l.contains("s3fstmp") {
+                            if l.starts_with(&format!("{}/tmp/", state.display())) {
+                                inside.store(true, Ordering::Release);
+                            } else {
+                                elsewhere.lock().unwrap().push(l);
+                            }
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let chunk = vec![7u8; 1024 * 1024];
+    let result = (|| -> std::io::Result<()> {
+        let mut f = fs::File::create(mp.join("huge"))?;
+        for _ in 0..120 {
+            f.write_all(&chunk)?;
+        }
+        f.sync_all()
+    })();
+    stop.store(true, Ordering::Release);
+    sampler.join().unwrap();
+    let min = min_free.load(Ordering::Acquire);
+    let log = fs::read_dir(state.join("logs"))
+        .unwrap()
+        .flatten()
+        .map(|e| fs::read_to_string(e.path()).unwrap_or_default())
+        .collect::<String>();
+    say(&format!(
+        "huge write: {result:?}; least free on the state disk {min} MiB; s3fs log:\n{log}"
+    ));
+    // The write cannot fit above the reserve, so it must fail: ENOSPC, or EIO where s3fs
+    // 1.90 tries to stream the rest out as a multipart upload and fails ("Multipart Upload
+    // has not started yet").
+    let errno = result.as_ref().err().and_then(|e| e.raw_os_error());
+    assert!(
+        errno == Some(libc_enospc()) || errno == Some(nix::errno::Errno::EIO as i32),
+        "a write of 120 MiB on an 80 MiB disk with a {RESERVE} MiB reserve: {result:?}"
+    );
+    // s3fs holds back at most one part (multipart-size, 5 MiB here) and one write call below
+    // the reserve; the disk is never filled.
+    assert!(
+        min + 5 + 1 >= RESERVE,
+        "the state disk fell to {min} MiB free (reserve {RESERVE})"
+    );
+    assert!(
+        staged_in_state.load(Ordering::Acquire),
+        "no staging file seen under the state folder"
+    );
+    let elsewhere = staged_elsewhere.lock().unwrap().clone();
+    assert!(
+        elsewhere.is_empty(),
+        "staging files outside the state folder: {elsewhere:?}"
+    );
+    let _ = fs::remove_file(mp.join("huge"));
+    unmount_ok(&d, &v, &id);
+}
+
+fn libc_enospc() -> i32 {
+    nix::errno::Errno::ENOSPC as i32
+}
+
+#[test]
+fn an_endpoint_with_user_info_is_refused_without_quoting_it() {
+    if !prereqs("an_endpoint_with_user_info_is_refused") {
+        return;
+    }
+    let s3 = shared_s3();
+    let mut bad = s3.backend("default");
+    let secret = format!("pw{}", random_hex(8));
+    bad.endpoint = bad
+        .endpoint
+        .replace("http://", &format!("http://admin:{secret}@"));
+    let d = Daemon::start_with(&[bad], &[]);
+    let b = new_bucket(s3, "userinfo");
+    let e = d
+        .create(&unique_name("ui"), &[("bucket", &b)])
+        .expect_err("Create succeeded with an endpoint carrying a password");
+    assert!(e.contains("user name or password"), "{e}");
+    assert!(!e.contains(&secret), "{e}");
+    assert!(
+        !d.logs().contains(&secret),
+        "the log quotes the endpoint's password"
+    );
+}
+
+#[test]
+fn backends_that_differ_only_across_field_boundaries_get_their_own_s3fs() {
+    let Some((s3, d)) = setup("backends_across_field_boundaries") else {
+        return;
+    };
+    // Backend `a-b` with bucket `c…` and backend `a` with bucket `b-c…`.
+    let tail = unique_name("x");
+    let (b1, b2) = (format!("c{tail}"), format!("b-c{tail}"));
+    s3.s3().create_bucket(&b1).unwrap();
+    s3.s3().create_bucket(&b2).unwrap();
+    s3.s3().put(&b1, "which", b"one").unwrap();
+    s3.s3().put(&b2, "which", b"two").unwrap();
+    d.write_backends(&[s3.backend("a-b"), s3.backend("a")]);
+    let (v1, v2) = (unique_name("ab"), unique_name("a"));
+    create_ok(&d, &v1, &[("backend", "a-b"), ("bucket", &b1)]);
+    create_ok(&d, &v2, &[("backend", "a"), ("bucket", &b2)]);
+    let (i1, i2) = (new_id(), new_id());
+    let m1 = mount_ok(&d, &v1, &i1);
+    let m2 = mount_ok(&d, &v2, &i2);
+    assert_eq!(fs::read(m1.join("which")).unwrap(), b"one");
+    assert_eq!(fs::read(m2.join("which")).unwrap(), b"two");
+    assert_eq!(d.s3fs_pids().len(), 2);
+    unmount_ok(&d, &v1, &i1);
+    unmount_ok(&d, &v2, &i2);
+}

@@ -22,9 +22,18 @@ fn mount_ok(d: &Daemon, vol: &str, id: &str) -> PathBuf {
 }
 
 /// The whole mount table, for "nothing new was mounted".
-fn table() -> Vec<String> {
+/// The host's mount table as this test sees it: every mount but those of the other tests'
+/// daemons (which run in parallel, each in its own temporary folder).
+fn table(d: &Daemon) -> Vec<String> {
     mountinfo()
         .iter()
+        .filter(|m| {
+            m.mount_point.starts_with(&d.dir)
+                || !m
+                    .mount_point
+                    .to_string_lossy()
+                    .starts_with("/tmp/bai-s3-test-")
+        })
         .map(|m| format!("{} {}", m.mount_point.display(), m.fs_type))
         .collect()
 }
@@ -34,7 +43,7 @@ fn table() -> Vec<String> {
 fn expect_refused(d: &Daemon, bucket: &str, prefix: &str, component: &str, host: &[&Path]) {
     let vol = unique_name("evil");
     create_ok(d, &vol, &[("bucket", bucket), ("prefix", prefix)]);
-    let before = table();
+    let before = table(d);
     let e = d
         .mount(&vol, &new_id())
         .expect_err(&format!("Mount of prefix {prefix:?} succeeded"));
@@ -44,7 +53,7 @@ fn expect_refused(d: &Daemon, bucket: &str, prefix: &str, component: &str, host:
         "prefix {prefix:?}: the Err does not name {component:?} and the rule: {e}"
     );
     assert_eq!(
-        table(),
+        table(d),
         before,
         "prefix {prefix:?}: the mount table changed"
     );
@@ -162,7 +171,7 @@ fn a_read_only_volume_never_creates_its_prefix() {
         &ro,
         &[("bucket", &b), ("prefix", "missing/deeper"), ("ro", "true")],
     );
-    let before = table();
+    let before = table(&d);
     let e = d
         .mount(&ro, &new_id())
         .expect_err("ro Mount of a missing prefix succeeded");
@@ -171,7 +180,7 @@ fn a_read_only_volume_never_creates_its_prefix() {
         e.contains("\"missing\""),
         "the Err does not name the component: {e}"
     );
-    assert_eq!(table(), before);
+    assert_eq!(table(&d), before);
     assert!(!wmp.join("missing").exists());
     assert!(s3.s3().list(&b, Some("missing")).unwrap().is_empty());
     // Made by a writer, it mounts.

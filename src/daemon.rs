@@ -31,12 +31,15 @@ pub fn init_logging(level: &str, format: LogFormat) -> Result<(), String> {
 
 /// Run `bai-s3 serve` until SIGTERM or SIGINT.
 pub async fn serve(args: ServeArgs) -> Result<(), String> {
-    let (store, report) = Store::open(&args.state_dir)
-        .map_err(|e| format!("cannot open state folder {}: {e}", args.state_dir.display()))?;
+    let (store, report) = Store::open(&args.state_dir).map_err(|e| match e.kind() {
+        // Another daemon has the folder: the message names it and its pid.
+        std::io::ErrorKind::WouldBlock => e.to_string(),
+        _ => format!("cannot open state folder {}: {e}", args.state_dir.display()),
+    })?;
     if !report.problems.is_empty() {
         tracing::error!(
             problems = report.problems.len(),
-            "state file was damaged; see the lines above"
+            "state was damaged; see the lines above"
         );
     }
     std::fs::create_dir_all(&args.mount_root).map_err(|e| {

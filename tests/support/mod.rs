@@ -1467,6 +1467,25 @@ pub fn store_rows(
         .ok()?
         .collect::<Result<_, _>>()
         .ok()?;
+    let mut rows: std::collections::BTreeMap<String, String> = rows;
+    // Holders have a table of their own: appended to their volume's row, as JSON.
+    let mut st = c
+        .prepare("SELECT volume, id, count FROM holders ORDER BY volume, id")
+        .ok()?;
+    let holders: Vec<(String, String, i64)> = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .ok()?
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let mut per: std::collections::BTreeMap<String, serde_json::Map<String, Value>> =
+        Default::default();
+    for (v, id, n) in holders {
+        per.entry(v).or_default().insert(id, json!(n));
+    }
+    for (v, row) in rows.iter_mut() {
+        let h = per.remove(v).unwrap_or_default();
+        row.push_str(&format!("\t{}", Value::Object(h)));
+    }
     let boot: String = c
         .query_row("SELECT value FROM meta WHERE key = 'boot_id'", [], |r| {
             r.get(0)
@@ -1483,7 +1502,10 @@ pub fn store_records(
         .unwrap_or_else(|| panic!("no readable store in {}", state_dir.display()));
     rows.into_iter()
         .map(|(k, v)| {
-            let r = serde_json::from_str(&v).unwrap_or_else(|e| panic!("row {k}: {e}: {v}"));
+            let (record, holders) = v.split_once('\t').expect("record and holders");
+            let mut r: bai_s3::state::VolumeRecord =
+                serde_json::from_str(record).unwrap_or_else(|e| panic!("row {k}: {e}: {record}"));
+            r.holders = serde_json::from_str(holders).unwrap();
             (k, r)
         })
         .collect()

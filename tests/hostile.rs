@@ -42,9 +42,9 @@ fn wait_nothing_mounted(d: &Daemon, why: &str) {
     );
 }
 
-/// The state file's bytes (None when it does not exist).
+/// The store's rows and boot id, as bytes (None when there is no readable store).
 fn state_bytes(d: &Daemon) -> Option<Vec<u8>> {
-    fs::read(d.state_dir.join("volumes.json")).ok()
+    store_rows(&d.state_dir).map(|r| format!("{r:?}").into_bytes())
 }
 
 /// Names in the mount root (the shared `.s3fs` folder included).
@@ -989,7 +989,7 @@ fn an_unprivileged_client_is_refused() {
     let b = new_bucket(s3, "nobody");
     let vol = unique_name("nobody-vol");
     create_ok(&d, &vol, &[("bucket", &b)]);
-    let state_file = d.state_dir.join("volumes.json");
+    let state_file = store_path(&d.state_dir);
 
     let sock_meta = fs::symlink_metadata(&d.socket).unwrap();
     let mut problems = Vec::new();

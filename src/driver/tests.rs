@@ -232,7 +232,7 @@ async fn a_failed_state_write_rolls_the_mount_back() {
     let env = Env::new();
     let d = env.driver(FakeMounter::default(), Duration::ZERO);
     d.create("vol", &opts(&[])).await.unwrap();
-    std::fs::create_dir(env.dir.path().join("state/volumes.json.tmp")).unwrap();
+    d.store.refuse_writes();
     let e = d.mount("vol", "a").await.unwrap_err().to_string();
     assert!(e.contains("could not save its state"), "{e}");
     assert_eq!(holders(&d, "vol"), 0);
@@ -264,6 +264,7 @@ async fn a_burst_of_first_mounts_is_served_as_one_batch() {
     }
     assert_eq!(d.mounter.mounts.load(Ordering::SeqCst), 1);
     assert_eq!(holders(&d, "vol"), 64, "32 IDs, each twice");
+    drop(d);
     let (store, _) = Store::open(&env.dir.path().join("state")).unwrap();
     let rec = &store.records()["vol"];
     assert_eq!(rec.holders.len(), 32);

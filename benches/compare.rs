@@ -847,8 +847,11 @@ fn start_bai(env: &Env, tag: &str, extra: &[&str]) -> Res<Bai> {
     let dir = env.work.join(tag);
     let state = dir.join("state");
     let root = dir.join("mnt");
-    fs::create_dir_all(&state).map_err(|e| e.to_string())?;
-    fs::create_dir_all(&root).map_err(|e| e.to_string())?;
+    // Root-only, as the daemon requires of them at start.
+    for d in [&state, &root] {
+        fs::create_dir_all(d).map_err(|e| e.to_string())?;
+        fs::set_permissions(d, fs::Permissions::from_mode(0o700)).map_err(|e| e.to_string())?;
+    }
     let sock = env.work.join(format!("{tag}.sock"));
     let log = env.work.join(format!("{tag}.log"));
     let mut cmd = Command::new(&env.bai_bin);

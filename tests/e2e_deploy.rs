@@ -62,6 +62,16 @@ impl InstalledPlugin {
 
     fn new(name: &'static str) -> InstalledPlugin {
         InstalledPlugin::clear(name);
+        // Local builds of an earlier run that stopped between build and push.
+        let ls = docker_ok(&["plugin", "ls", "--format", "{{.Name}}"]);
+        for p in ls.lines().map(str::trim) {
+            if p.starts_with("127.0.0.1:")
+                && p.contains(&format!("/{REPO}:"))
+                && p.ends_with("-e2e")
+            {
+                let _ = docker(&["plugin", "rm", "-f", p]);
+            }
+        }
         InstalledPlugin { name }
     }
 }
@@ -109,12 +119,13 @@ fn build_and_push(reg: &Registry, version: &str) -> String {
         "e2e: pushed {reference} in {:.1} s",
         t0.elapsed().as_secs_f64()
     ));
+    // The local copy goes first, so that a failure below leaves nothing behind.
+    docker_ok(&["plugin", "rm", &reference]);
     assert!(
         reg.has_tag(REPO, version),
         "the registry has no manifest for {REPO}:{version} after the push\n{}",
         reg.log()
     );
-    docker_ok(&["plugin", "rm", &reference]);
     reference
 }
 

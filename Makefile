@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 PREFIX ?= /usr/local
 
-.PHONY: build run test lint plugin install bench clean
+.PHONY: build run test lint plugin plugin-push install bench clean
 
 build:
 	$(CARGO) build --release --locked
@@ -26,6 +26,16 @@ lint:
 ## Build the managed plugin into build/plugin and `docker plugin create` it (name: bai-s3).
 plugin: build
 	plugin/build.sh
+
+## Build the managed plugin as $(REGISTRY)/bai-s3:$(PLUGIN_VERSION) and push it, for
+## `docker plugin install $(REGISTRY)/bai-s3:$(PLUGIN_VERSION)` on every host; the local copy
+## is removed after the push. Run it on a build machine: a plugin of that name is replaced.
+PLUGIN_VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+plugin-push: build
+	@[ -n "$(REGISTRY)" ] || { echo "make plugin-push: set REGISTRY, e.g. make plugin-push REGISTRY=registry.example:5000" >&2; exit 2; }
+	BAI_S3_PLUGIN_NAME=$(REGISTRY)/bai-s3:$(PLUGIN_VERSION) BAI_S3_PLUGIN_VERSION=$(PLUGIN_VERSION) plugin/build.sh
+	docker plugin push $(REGISTRY)/bai-s3:$(PLUGIN_VERSION)
+	docker plugin rm $(REGISTRY)/bai-s3:$(PLUGIN_VERSION)
 
 ## Legacy (non-managed) install: binary, systemd unit, example backends file.
 install: build

@@ -11,6 +11,9 @@
 #   BAI_S3_PLUGIN_NAME   plugin name (default: bai-s3); an existing plugin of that name is
 #                        replaced (disabled with -f first when it is enabled)
 #   BAI_S3_BINARY        binary to put in the plugin (default: target/release/bai-s3)
+#   BAI_S3_PLUGIN_VERSION  version written into the plugin's description (default: the
+#                        binary's own, e.g. 0.1.0), so that `docker plugin inspect` tells two
+#                        builds apart after `docker plugin upgrade`; 1-64 of A-Z a-z 0-9 . _ + -
 #   DEBIAN_MIRROR        Debian mirror (default: http://deb.debian.org/debian)
 #   DEBIAN_SECURITY_MIRROR  (default: http://deb.debian.org/debian-security)
 #   BAI_S3_REBUILD_BASE=1  rebuild the cached base rootfs even when it is up to date
@@ -175,16 +178,21 @@ remove_tree "$out"
 mkdir -p "$out"
 cp -a "$base" "$out/rootfs"
 install -m 0755 "$binary" "$out/rootfs/usr/bin/bai-s3"
-# The socket folder, the state and config mount points, the propagatedMount. The
-# propagatedMount is 0755 (dockerd makes it so); the 0700 folder around it is what lets the
+# The binary must run with the rootfs' own libraries.
+chroot "$out/rootfs" /usr/bin/bai-s3 --version >/dev/null ||
+  die "$binary does not run inside the plugin rootfs (missing libraries?)"
+version=${BAI_S3_PLUGIN_VERSION:-$(chroot "$out/rootfs" /usr/bin/bai-s3 --version | awk '{print $2}')}
+[[ "$version" =~ ^[A-Za-z0-9._+-]{1,64}$ ]] ||
+  die "BAI_S3_PLUGIN_VERSION '$version': use 1-64 of A-Z a-z 0-9 . _ + -"
+# The socket folder, the state and config mount points, the propagatedMount.
+# The propagatedMount is 0755 (dockerd makes it so); the 0700 folder around it is what lets the
 # daemon's start-up check see that only root can reach the mounted volumes.
 install -d -m 0700 "$out/rootfs/var/lib/bai-s3"
 install -d -m 0755 "$out/rootfs/run/docker/plugins" "$out/rootfs/var/lib/bai-s3/volumes"
 install -d -m 0700 "$out/rootfs/state" "$out/rootfs/etc/bai-s3"
-cp plugin/config.json "$out/config.json"
-# The binary must run with the rootfs' own libraries.
-chroot "$out/rootfs" /usr/bin/bai-s3 --version >/dev/null ||
-  die "$binary does not run inside the plugin rootfs (missing libraries?)"
+sed 's/"description": "bai-s3: /"description": "bai-s3 '"$version"': /' plugin/config.json >"$out/config.json"
+grep -q "\"description\": \"bai-s3 $version: " "$out/config.json" ||
+  die "could not write the version into the description of plugin/config.json"
 
 # The host side of the plugin's bind mounts must exist when the plugin is enabled.
 for d in /var/lib/bai-s3-plugin /etc/bai-s3; do [ -d "$d" ] || install -d -m 0700 "$d"; done
@@ -201,6 +209,6 @@ fi
 docker plugin create "$name" "$out" >/dev/null
 
 say "rootfs size: $(du -sh "$out/rootfs" | cut -f1) ($(du -sh --apparent-size "$out/rootfs" | cut -f1) apparent)"
-say "created plugin $name (disabled). Next:"
+say "created plugin $name, version $version (disabled). Next:"
 say "  install -m 0600 plugin/backends.toml.example /etc/bai-s3/backends.toml  # then edit it"
 say "  docker plugin enable $name"

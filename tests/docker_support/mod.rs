@@ -22,6 +22,8 @@ use serde_json::Value;
 
 use crate::support::{self, say};
 
+pub mod registry;
+
 /// The plugin name the scenarios use (`volume-driver=bai-s3`).
 pub const PLUGIN: &str = "bai-s3";
 /// The image every container runs; made locally from Debian's busybox-static.

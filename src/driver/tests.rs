@@ -264,11 +264,20 @@ async fn a_burst_of_first_mounts_is_served_as_one_batch() {
     }
     assert_eq!(d.mounter.mounts.load(Ordering::SeqCst), 1);
     assert_eq!(holders(&d, "vol"), 64, "32 IDs, each twice");
-    drop(d);
+    stop(d).await;
     let (store, _) = Store::open(&env.dir.path().join("state")).unwrap();
     let rec = &store.records()["vol"];
     assert_eq!(rec.holders.len(), 32);
     assert!(rec.holders.values().all(|n| *n == 2));
+}
+
+/// Drop a driver once the tasks it spawned are done with it, so that its state folder's lock
+/// is free for the next one (one daemon per state folder).
+async fn stop(d: Arc<Driver<FakeMounter>>) {
+    while Arc::strong_count(&d) > 1 {
+        tokio::task::yield_now().await;
+    }
+    drop(d);
 }
 
 /// A driver on `env`'s state folder after a restart, with `m` as its mounter.
@@ -296,7 +305,7 @@ async fn a_live_mount_is_adopted_with_the_backends_file_broken_or_the_options_re
         .unwrap();
     let t1 = d.mount("vol", "a").await.unwrap();
     let t2 = d.mount("odd", "b").await.unwrap();
-    drop(d);
+    stop(d).await;
     // The record of `odd` as a newer version might write it; the backends file made too open.
     let (store, _) = Store::open(&env.dir.path().join("state")).unwrap();
     let mut rec = store.records()["odd"].clone();
@@ -345,6 +354,7 @@ async fn a_live_mount_is_adopted_with_the_backends_file_broken_or_the_options_re
     );
     assert!(d2.create("odd", &opts(&[])).await.is_err());
     d2.remove("odd").await.unwrap();
+    stop(d2).await;
     assert!(!restarted(&env, FakeMounter::default())
         .list()
         .iter()
@@ -410,7 +420,7 @@ async fn restore_marks_itself_finished() {
     let d = env.driver(FakeMounter::default(), Duration::ZERO);
     d.create("vol", &opts(&[])).await.unwrap();
     d.mount("vol", "a").await.unwrap();
-    drop(d);
+    stop(d).await;
     let d2 = restarted(&env, FakeMounter::default());
     d2.restore().await;
     tokio::time::timeout(Duration::from_secs(1), d2.restored())

@@ -43,6 +43,15 @@ pub struct VolumeInfo {
     pub status: Map<String, Value>,
 }
 
+/// What List shows of one volume.
+#[derive(Debug, Clone)]
+pub struct VolumeEntry {
+    pub name: String,
+    /// Empty when not mounted.
+    pub mountpoint: String,
+    pub created_at: String,
+}
+
 /// The part of a volume that changes, guarded by the volume's lock.
 #[derive(Debug, Default)]
 struct VolState {
@@ -551,7 +560,32 @@ impl<M: Mounter> Driver<M> {
         Ok(self.info(&vol))
     }
 
-    /// `/VolumeDriver.List`, sorted by name.
+    /// `/VolumeDriver.List`, sorted by name: names, mount points and creation times only.
+    /// `Status` is Get's (`docker volume inspect`); leaving it out keeps List cheap with
+    /// thousands of volumes (Backend.AI lists at every kernel start).
+    pub fn list_entries(&self) -> Vec<VolumeEntry> {
+        let mut v: Vec<VolumeEntry> = self
+            .volumes
+            .iter()
+            .map(|e| {
+                let vol = e.value();
+                let mounted = vol.view.lock().unwrap_or_else(|e| e.into_inner()).mounted;
+                VolumeEntry {
+                    name: vol.name.clone(),
+                    mountpoint: if mounted {
+                        vol.target.display().to_string()
+                    } else {
+                        String::new()
+                    },
+                    created_at: vol.created_at.clone(),
+                }
+            })
+            .collect();
+        v.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Every volume with its full status, sorted by name (for metrics and tests).
     pub fn list(&self) -> Vec<VolumeInfo> {
         let backends = self.backends.current();
         let mut v: Vec<VolumeInfo> = self

@@ -253,7 +253,16 @@ async fn route<M: Mounter>(
             },
         )),
         "/VolumeDriver.List" => {
-            let volumes = driver.list().into_iter().map(to_protocol).collect();
+            let volumes = driver
+                .list_entries()
+                .into_iter()
+                .map(|v| Volume {
+                    name: v.name,
+                    mountpoint: v.mountpoint,
+                    created_at: Some(v.created_at),
+                    status: None,
+                })
+                .collect();
             Ok(reply(
                 ok,
                 &ListReply {

@@ -989,8 +989,12 @@ fn daemon_killed_and_restarted_keeps_mount_and_holders() {
         d.list_names().contains(&vol),
         "the restarted daemon lost the volume"
     );
-    let st = status(&d, &vol);
-    assert!(mounted(&st), "after restart: {st}");
+    // Restore runs in the background once the socket answers: wait for it to adopt.
+    let st = poll(Duration::from_secs(20), || {
+        let st = d.status(&vol).ok()?;
+        mounted(&st).then_some(st)
+    })
+    .unwrap_or_else(|| panic!("after restart: {:?}\n{}", d.status(&vol), d.logs_tail(40)));
     assert_eq!(holders(&st), 2, "after restart: {st}");
     assert_eq!(
         d.s3fs_pids(),

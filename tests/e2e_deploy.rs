@@ -54,7 +54,7 @@ impl InstalledPlugin {
             .map(str::trim)
             .filter(|v| !v.is_empty())
         {
-            let _ = docker(&["volume", "rm", "-f", v]);
+            remove_volume(v);
         }
         let _ = docker(&["plugin", "disable", "-f", name]);
         let _ = docker(&["plugin", "rm", "-f", name]);
@@ -413,7 +413,7 @@ fn remove_kit_volumes() {
     let o = docker(&["volume", "ls", "-q", "--filter", "name=bai-s3.e2e"]);
     for v in stdout_of(&o).lines().map(str::trim) {
         if v.starts_with("bai-s3.e2e") {
-            let _ = docker(&["volume", "rm", "-f", v]);
+            remove_volume(v);
         }
     }
 }

@@ -134,8 +134,9 @@ fn lines(s: &str) -> Vec<String> {
 }
 
 pub fn docker_answers() -> bool {
-    Command::new("docker")
-        .arg("version")
+    // Bounded: a dockerd that accepts but does not serve yet makes `docker version` hang.
+    Command::new("timeout")
+        .args(["5", "docker", "version"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -488,6 +489,26 @@ fn build_plugin() -> Result<(), String> {
     Ok(())
 }
 
+/// Removes a volume for good, with any container (running or stopped) that still uses it:
+/// a volume left in dockerd's database after its plugin is removed costs every later dockerd
+/// start ~15 s. Says so when it cannot.
+pub fn remove_volume(v: &str) {
+    let users = docker(&["ps", "-aq", "--filter", &format!("volume={v}")]);
+    let ids = lines(&stdout_of(&users));
+    if !ids.is_empty() {
+        let mut args = vec!["rm", "-f"];
+        args.extend(ids.iter().map(String::as_str));
+        let _ = docker(&args);
+    }
+    let o = docker(&["volume", "rm", "-f", v]);
+    if !o.status.success() && docker(&["volume", "inspect", v]).status.success() {
+        say(&format!(
+            "e2e: WARNING: volume {v} could not be removed: {}",
+            stderr_of(&o).trim()
+        ));
+    }
+}
+
 /// Removes containers, services and volumes left by earlier runs (and a swarm they started).
 fn cleanup_previous_runs() {
     remove_labelled(None);
@@ -512,7 +533,7 @@ fn cleanup_previous_runs() {
     ]);
     for v in lines(&stdout_of(&vols)) {
         if v.starts_with(NAME_PREFIX) {
-            let _ = docker(&["volume", "rm", "-f", &v]);
+            remove_volume(&v);
         }
     }
 }
@@ -557,7 +578,7 @@ extern "C" fn teardown_at_exit() {
         ]);
         for v in lines(&stdout_of(&vols)) {
             if v.starts_with(NAME_PREFIX) {
-                let _ = docker(&["volume", "rm", "-f", &v]);
+                remove_volume(&v);
             }
         }
         let _ = docker(&["plugin", "disable", "-f", PLUGIN]);
@@ -799,7 +820,7 @@ impl Drop for E2e {
             (lines(&stdout_of(&c)).is_empty() && svc_ctrs.is_empty()).then_some(())
         });
         for v in self.volumes.lock().unwrap().iter() {
-            let _ = docker(&["volume", "rm", "-f", v]);
+            remove_volume(v);
         }
         say(&format!(
             "=== {} done in {:.1} s",
@@ -863,15 +884,10 @@ pub fn dockerd_log_path() -> Option<PathBuf> {
 
 /// dockerd logs each line the plugin prints as `... msg="<line>" plugin=<id>`.
 pub fn plugin_log_lines(plugin_id: &str) -> Vec<String> {
-    let Some(path) = dockerd_log_path() else {
+    if dockerd_log_path().is_none() {
         return vec!["(dockerd's log file not found: its stderr is not a file)".to_string()];
-    };
-    let needle = format!("plugin={plugin_id}");
-    String::from_utf8_lossy(&fs::read(&path).unwrap_or_default())
-        .lines()
-        .filter(|l| l.contains(&needle))
-        .map(str::to_string)
-        .collect()
+    }
+    dockerd_log_lines(&format!("plugin={plugin_id}"))
 }
 
 /// Kills dockerd with SIGTERM and waits until it is gone and `docker version` fails.
@@ -889,16 +905,40 @@ pub fn stop_dockerd() {
     );
 }
 
-/// Starts dockerd with scripts/dockerd.sh (which waits until it answers).
+/// Starts dockerd with scripts/dockerd.sh (which waits until it answers), and says which
+/// volumes dockerd could not restore: each one whose plugin is gone costs its start ~15 s.
 pub fn start_dockerd() {
+    let t0 = std::time::Instant::now();
     let o = run_with_timeout(
         &mut Command::new(support::repo().join("scripts/dockerd.sh")),
-        Duration::from_secs(90),
+        Duration::from_secs(300),
     );
     assert!(
         o.status.success(),
-        "scripts/dockerd.sh failed: {}{}",
+        "scripts/dockerd.sh failed after {:.0} s: {}{}",
+        t0.elapsed().as_secs_f64(),
         text(&o.stdout),
         text(&o.stderr)
     );
+    let orphans = dockerd_log_lines("Error restoring volume");
+    if !orphans.is_empty() {
+        say(&format!(
+            "e2e: dockerd answered after {:.1} s; it could not restore {} volume(s) whose plugin is gone:\n{}",
+            t0.elapsed().as_secs_f64(),
+            orphans.len(),
+            orphans.join("\n")
+        ));
+    }
+}
+
+/// Lines of dockerd's log that contain `needle`.
+pub fn dockerd_log_lines(needle: &str) -> Vec<String> {
+    let Some(path) = dockerd_log_path() else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&fs::read(&path).unwrap_or_default())
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_string)
+        .collect()
 }

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -98,6 +98,8 @@ struct Volume {
     view: Mutex<View>,
     /// Mounts waiting to be served by whoever holds `state` (see [`Driver::mount`]).
     queue: Mutex<Vec<Waiter>>,
+    /// The driver's List generation, bumped when this volume's mount point comes or goes.
+    list_gen: Arc<AtomicU64>,
 }
 
 impl Volume {
@@ -107,6 +109,7 @@ impl Volume {
         options: std::result::Result<VolumeOptions, String>,
         created_at: String,
         root: &Path,
+        list_gen: &Arc<AtomicU64>,
     ) -> Self {
         Volume {
             name: name.to_string(),
@@ -122,6 +125,7 @@ impl Volume {
                 last_error: None,
             }),
             queue: Mutex::new(Vec::new()),
+            list_gen: Arc::clone(list_gen),
         }
     }
 
@@ -151,12 +155,18 @@ impl Volume {
 
     fn publish(&self, st: &VolState) {
         let mut v = self.view.lock().unwrap_or_else(|e| e.into_inner());
-        if v.mounted != st.mounted {
+        let changed = v.mounted != st.mounted;
+        if changed {
             v.since = SystemTime::now();
         }
         v.holders = st.holders.values().sum();
         v.mounted = st.mounted;
         v.last_error = st.last_failure.clone();
+        drop(v);
+        if changed {
+            // After the change is visible: a List built from an older generation is rebuilt.
+            self.list_gen.fetch_add(1, Ordering::Release);
+        }
     }
 }
 
@@ -174,6 +184,9 @@ pub struct Driver<M: Mounter> {
     restored: watch::Receiver<bool>,
     restored_tx: watch::Sender<bool>,
     shutting_down: AtomicBool,
+    /// Bumped after every change List shows (a volume added or removed, a mount point come or
+    /// gone), so that the server can answer List from a cached reply while it is unchanged.
+    list_gen: Arc<AtomicU64>,
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -191,6 +204,7 @@ impl<M: Mounter> Driver<M> {
         settings: Settings,
     ) -> Arc<Self> {
         let volumes = DashMap::new();
+        let list_gen = Arc::new(AtomicU64::new(0));
         let config = backends.path().display().to_string();
         for (name, rec) in store.records() {
             let options = VolumeOptions::parse(&name, &rec.options, &config).map_err(|e| {
@@ -203,6 +217,7 @@ impl<M: Mounter> Driver<M> {
                 options,
                 rec.created_at.clone(),
                 &settings.mount_root,
+                &list_gen,
             );
             if let Ok(mut st) = v.state.try_lock() {
                 st.holders = rec.holders.clone();
@@ -223,6 +238,7 @@ impl<M: Mounter> Driver<M> {
             restored,
             restored_tx,
             shutting_down: AtomicBool::new(false),
+            list_gen,
         })
     }
 
@@ -308,10 +324,12 @@ impl<M: Mounter> Driver<M> {
             Ok(options),
             rfc3339(SystemTime::now()),
             &self.settings.mount_root,
+            &self.list_gen,
         );
         let rec = vol.record(&VolState::default());
         self.persist(name, Some(rec), true)?;
         self.volumes.insert(name.to_string(), Arc::new(vol));
+        self.list_gen.fetch_add(1, Ordering::Release);
         Ok(())
     }
 
@@ -337,6 +355,7 @@ impl<M: Mounter> Driver<M> {
             self.persist(name, None, true)?;
             st.removed = true;
             self.volumes.remove(name);
+            self.list_gen.fetch_add(1, Ordering::Release);
         }
         if st.mounted {
             // A delayed unmount was pending: Remove ends the wait.
@@ -558,6 +577,12 @@ impl<M: Mounter> Driver<M> {
     pub fn get(&self, name: &str) -> Result<VolumeInfo> {
         let vol = self.volume(name)?;
         Ok(self.info(&vol))
+    }
+
+    /// Changes with everything [`Driver::list_entries`] shows; read it before building a List
+    /// reply and keep the reply for as long as it stays the same.
+    pub fn list_generation(&self) -> u64 {
+        self.list_gen.load(Ordering::Acquire)
     }
 
     /// `/VolumeDriver.List`, sorted by name: names, mount points and creation times only.

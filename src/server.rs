@@ -82,6 +82,7 @@ pub async fn serve<M: Mounter>(
 ) {
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let list = Arc::new(ListCache::default());
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(READ_TIMEOUT)
@@ -104,10 +105,10 @@ pub async fn serve<M: Mounter>(
                 }
             },
         };
-        let d = driver.clone();
+        let (d, l) = (driver.clone(), list.clone());
         let svc = hyper::service::service_fn(move |req| {
-            let d = d.clone();
-            async move { Ok::<_, std::convert::Infallible>(handle(d, req).await) }
+            let (d, l) = (d.clone(), l.clone());
+            async move { Ok::<_, std::convert::Infallible>(handle(d, &l, req).await) }
         });
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
         tokio::spawn(async move {
@@ -127,16 +128,60 @@ pub async fn serve<M: Mounter>(
     }
 }
 
+/// The last List reply's bytes and the driver's List generation they were built at: with
+/// thousands of volumes, building and encoding List costs milliseconds, and Backend.AI lists
+/// at every kernel start while the set rarely changes.
+#[derive(Default)]
+struct ListCache(std::sync::Mutex<Option<(u64, Bytes)>>);
+
+impl ListCache {
+    fn reply<M: Mounter>(&self, driver: &Driver<M>) -> Bytes {
+        // Read before building: a change during the build bumps it, so the next List rebuilds.
+        let generation = driver.list_generation();
+        if let Some((g, body)) = &*self.0.lock().unwrap_or_else(|e| e.into_inner()) {
+            if *g == generation {
+                return body.clone();
+            }
+        }
+        let volumes = driver
+            .list_entries()
+            .into_iter()
+            .map(|v| Volume {
+                name: v.name,
+                mountpoint: v.mountpoint,
+                created_at: Some(v.created_at),
+                status: None,
+            })
+            .collect();
+        let body = encode(&ListReply {
+            volumes,
+            err: String::new(),
+        });
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((generation, body.clone()));
+        body
+    }
+}
+
 /// A protocol-level refusal (before the driver is reached).
 struct Refusal(StatusCode, String);
 
 fn reply<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
-    let bytes = serde_json::to_vec(body)
-        .unwrap_or_else(|_| br#"{"Err":"internal error: reply could not be encoded"}"#.to_vec());
+    reply_bytes(status, encode(body))
+}
+
+fn encode<T: Serialize>(body: &T) -> Bytes {
+    Bytes::from(
+        serde_json::to_vec(body).unwrap_or_else(|_| {
+            br#"{"Err":"internal error: reply could not be encoded"}"#.to_vec()
+        }),
+    )
+}
+
+fn reply_bytes(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
         .header("Content-Type", CONTENT_TYPE)
-        .body(Full::new(Bytes::from(bytes)))
+        .body(Full::new(body))
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }
 
@@ -158,12 +203,13 @@ struct CallLog {
 
 async fn handle<M: Mounter>(
     driver: Arc<Driver<M>>,
+    list: &ListCache,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let started = Instant::now();
     let endpoint = req.uri().path().to_string();
     let mut log = CallLog::default();
-    let result = route(&driver, req, &endpoint, &mut log).await;
+    let result = route(&driver, list, req, &endpoint, &mut log).await;
     let micros = started.elapsed().as_micros() as u64;
     let (status, outcome, resp) = match result {
         Ok(resp) => (resp.status(), "ok".to_string(), resp),
@@ -195,6 +241,7 @@ fn driver_err(e: Error) -> Refusal {
 
 async fn route<M: Mounter>(
     driver: &Arc<Driver<M>>,
+    list: &ListCache,
     req: Request<Incoming>,
     endpoint: &str,
     log: &mut CallLog,
@@ -252,25 +299,7 @@ async fn route<M: Mounter>(
                 capabilities: Capabilities { scope: "local" },
             },
         )),
-        "/VolumeDriver.List" => {
-            let volumes = driver
-                .list_entries()
-                .into_iter()
-                .map(|v| Volume {
-                    name: v.name,
-                    mountpoint: v.mountpoint,
-                    created_at: Some(v.created_at),
-                    status: None,
-                })
-                .collect();
-            Ok(reply(
-                ok,
-                &ListReply {
-                    volumes,
-                    err: String::new(),
-                },
-            ))
-        }
+        "/VolumeDriver.List" => Ok(reply_bytes(ok, list.reply(driver))),
         "/VolumeDriver.Create" => {
             let r: CreateRequest = decode(endpoint, &body)?;
             log.volume = Some(r.name.clone());

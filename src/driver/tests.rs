@@ -211,6 +211,47 @@ async fn a_dead_mount_is_remounted_on_the_next_mount() {
     assert_eq!(holders(&d, "vol"), 2);
 }
 
+/// The server answers List from a cached reply while the generation stays: every change List
+/// shows must bump it, and holder changes (hot Mounts) must not.
+#[tokio::test]
+async fn the_list_generation_moves_exactly_when_list_changes() {
+    let env = Env::new();
+    let d = env.driver(FakeMounter::default(), Duration::ZERO);
+    let mut seen = (d.list_generation(), format!("{:?}", d.list_entries()));
+    let mut step = |what: &str, changes: bool| {
+        let now = (d.list_generation(), format!("{:?}", d.list_entries()));
+        assert_eq!(
+            now.1 != seen.1,
+            changes,
+            "{what}: List {} -> {}",
+            seen.1,
+            now.1
+        );
+        assert_eq!(
+            now.0 != seen.0,
+            changes,
+            "{what}: generation {} -> {}",
+            seen.0,
+            now.0
+        );
+        seen = now;
+    };
+    d.create("vol", &opts(&[])).await.unwrap();
+    step("create", true);
+    d.create("vol", &opts(&[])).await.unwrap();
+    step("create again", false);
+    d.mount("vol", "a").await.unwrap();
+    step("first mount", true);
+    d.mount("vol", "b").await.unwrap();
+    step("second holder", false);
+    d.unmount("vol", "b").await.unwrap();
+    step("a holder leaves", false);
+    d.unmount("vol", "a").await.unwrap();
+    step("last holder leaves", true);
+    d.remove("vol").await.unwrap();
+    step("remove", true);
+}
+
 #[tokio::test]
 async fn unmount_delay_keeps_the_mount_for_a_quick_return() {
     let env = Env::new();

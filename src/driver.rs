@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use dashmap::DashMap;
-use serde_json::{json, Map, Value};
 use tokio::sync::{oneshot, watch};
 
 use crate::backends::{Backend, Backends};
@@ -33,14 +32,38 @@ pub struct Settings {
     pub unmount_delay: Duration,
 }
 
-/// What Get and List show of one volume.
+/// What Get shows of one volume.
 #[derive(Debug, Clone)]
 pub struct VolumeInfo {
     pub name: String,
     /// Empty when not mounted.
     pub mountpoint: String,
     pub created_at: String,
-    pub status: Map<String, Value>,
+    pub status: VolumeStatus,
+}
+
+/// A volume's state as `docker volume inspect` shows it, typed: the driver says what holds,
+/// the protocol layer decides how Docker sees it.
+#[derive(Debug, Clone)]
+pub struct VolumeStatus {
+    pub settings: Shown,
+    pub mounted: bool,
+    pub holders: u64,
+    pub health: Health,
+    /// When `mounted` last changed.
+    pub since: SystemTime,
+    /// The last failed mount attempt's message.
+    pub last_error: Option<String>,
+    /// Why a new mount of this volume would fail, while its existing mounts go on.
+    pub problem: Option<String>,
+}
+
+/// A volume's options as this version reads them, or the stored ones it refuses (shown as
+/// they are, so that an operator sees which bucket a stuck volume is).
+#[derive(Debug, Clone)]
+pub enum Shown {
+    Parsed(VolumeOptions),
+    Refused(BTreeMap<String, String>),
 }
 
 /// What List shows of one volume.
@@ -636,19 +659,9 @@ impl<M: Mounter> Driver<M> {
         } else {
             Health::NotMounted
         };
-        let mut status = Map::new();
-        // Why a new mount of this volume would fail, while existing mounts go on.
-        let problem = match &vol.options {
-            Ok(o) => {
-                status.insert("backend".into(), json!(o.backend));
-                status.insert("bucket".into(), json!(o.bucket));
-                if let Some(p) = &o.prefix {
-                    status.insert("prefix".into(), json!(p));
-                }
-                status.insert("ro".into(), json!(o.ro));
-                status.insert("uid".into(), json!(o.uid));
-                status.insert("gid".into(), json!(o.gid));
-                status.insert("umask".into(), json!(format!("{:03o}", o.umask)));
+        let (settings, problem) = match &vol.options {
+            Ok(o) => (
+                Shown::Parsed(o.clone()),
                 (!backends.contains_key(&o.backend)).then(|| {
                     format!(
                         "backend {:?} is not configured in {}{}",
@@ -659,27 +672,19 @@ impl<M: Mounter> Driver<M> {
                             .map(|p| format!(" ({p})"))
                             .unwrap_or_default()
                     )
-                })
-            }
-            Err(problem) => {
-                for key in ["backend", "bucket", "prefix"] {
-                    if let Some(v) = vol.raw.get(key) {
-                        status.insert(key.into(), json!(v));
-                    }
-                }
-                Some(problem.clone())
-            }
+                }),
+            ),
+            Err(problem) => (Shown::Refused(vol.raw.clone()), Some(problem.clone())),
         };
-        status.insert("mounted".into(), json!(view.mounted));
-        status.insert("holders".into(), json!(view.holders));
-        status.insert("health".into(), json!(health.as_str()));
-        status.insert("since".into(), json!(rfc3339(view.since)));
-        if let Some(e) = view.last_error {
-            status.insert("last-error".into(), json!(e));
-        }
-        if let Some(p) = problem {
-            status.insert("problem".into(), json!(p));
-        }
+        let status = VolumeStatus {
+            settings,
+            mounted: view.mounted,
+            holders: view.holders,
+            health,
+            since: view.since,
+            last_error: view.last_error,
+            problem,
+        };
         VolumeInfo {
             name: vol.name.clone(),
             mountpoint: if view.mounted {

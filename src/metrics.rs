@@ -240,16 +240,9 @@ fn as_gauge(n: u64) -> i64 {
 impl Collector for Live {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let volumes = (self.0.volumes)();
-        let holders: u64 = volumes
-            .iter()
-            .filter_map(|v| v.status.get("holders").and_then(|h| h.as_u64()))
-            .sum();
-        let with_health = |h: Health| {
-            volumes
-                .iter()
-                .filter(|v| v.status.get("health").and_then(|s| s.as_str()) == Some(h.as_str()))
-                .count() as u64
-        };
+        let holders: u64 = volumes.iter().map(|v| v.status.holders).sum();
+        let with_health =
+            |h: Health| volumes.iter().filter(|v| v.status.health == h).count() as u64;
         let shared_root = self.0.shared_root.as_path();
         let s3fs = sys::processes_with_arg(&self.0.s3fs_program, |a: &Path| {
             (a.parent() == Some(shared_root)).then_some(())

@@ -7,6 +7,9 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::driver::{Shown, VolumeStatus};
 
 /// `/VolumeDriver.Create`: `Opts` may be missing or `null`.
 #[derive(Debug, Deserialize)]
@@ -59,7 +62,48 @@ pub struct Volume {
     #[serde(rename = "CreatedAt", skip_serializing_if = "Option::is_none")]
     pub created_at: Option<String>,
     #[serde(rename = "Status", skip_serializing_if = "Option::is_none")]
-    pub status: Option<serde_json::Map<String, serde_json::Value>>,
+    pub status: Option<Map<String, Value>>,
+}
+
+/// A volume's `Status` as `docker volume inspect` shows it: the keys operators and the tests
+/// read (`health`, `holders`, `problem`...). Options a volume did not set (`prefix`) and
+/// messages it has not got are left out.
+pub fn status_json(s: &VolumeStatus) -> Map<String, Value> {
+    let mut m = Map::new();
+    match &s.settings {
+        Shown::Parsed(o) => {
+            m.insert("backend".into(), json!(o.backend));
+            m.insert("bucket".into(), json!(o.bucket));
+            if let Some(p) = &o.prefix {
+                m.insert("prefix".into(), json!(p));
+            }
+            m.insert("ro".into(), json!(o.ro));
+            m.insert("uid".into(), json!(o.uid));
+            m.insert("gid".into(), json!(o.gid));
+            m.insert("umask".into(), json!(format!("{:03o}", o.umask)));
+        }
+        Shown::Refused(raw) => {
+            for key in ["backend", "bucket", "prefix"] {
+                if let Some(v) = raw.get(key) {
+                    m.insert(key.into(), json!(v));
+                }
+            }
+        }
+    }
+    m.insert("mounted".into(), json!(s.mounted));
+    m.insert("holders".into(), json!(s.holders));
+    m.insert("health".into(), json!(s.health.as_str()));
+    m.insert(
+        "since".into(),
+        json!(humantime::format_rfc3339_seconds(s.since).to_string()),
+    );
+    if let Some(e) = &s.last_error {
+        m.insert("last-error".into(), json!(e));
+    }
+    if let Some(p) = &s.problem {
+        m.insert("problem".into(), json!(p));
+    }
+    m
 }
 
 /// `/VolumeDriver.Get` reply.

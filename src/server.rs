@@ -211,24 +211,24 @@ async fn handle<M: Mounter>(
     let mut log = CallLog::default();
     let result = route(&driver, list, req, &endpoint, &mut log).await;
     let micros = started.elapsed().as_micros() as u64;
-    let (status, outcome, resp) = match result {
-        Ok(resp) => (resp.status(), "ok".to_string(), resp),
+    // `None` when the call succeeded; else what the caller was told.
+    let (refusal, resp) = match result {
+        Ok(resp) => (None, resp),
         Err(Refusal(status, msg)) => {
             let resp = reply(status, &ErrReply { err: msg.clone() });
-            (status, msg, resp)
+            (Some(msg), resp)
         }
     };
     let vol = log.volume.as_deref().unwrap_or("-");
     let id = log.id.as_deref().unwrap_or("-");
-    crate::metrics::record_call(
-        &endpoint,
-        status.is_success() && outcome == "ok",
-        started.elapsed(),
-    );
-    if status.is_success() && outcome == "ok" {
-        tracing::info!(endpoint = %endpoint, volume = vol, id, outcome = %outcome, micros, "call");
-    } else {
-        tracing::warn!(endpoint = %endpoint, volume = vol, id, outcome = %outcome, micros, "call");
+    crate::metrics::record_call(&endpoint, refusal.is_none(), started.elapsed());
+    match refusal {
+        None => {
+            tracing::info!(endpoint = %endpoint, volume = vol, id, outcome = "ok", micros, "call")
+        }
+        Some(outcome) => {
+            tracing::warn!(endpoint = %endpoint, volume = vol, id, outcome = %outcome, micros, "call")
+        }
     }
     resp
 }
@@ -393,6 +393,6 @@ fn to_protocol(v: VolumeInfo) -> Volume {
         name: v.name,
         mountpoint: v.mountpoint,
         created_at: Some(v.created_at),
-        status: Some(v.status),
+        status: Some(status_json(&v.status)),
     }
 }

@@ -69,8 +69,13 @@ fn opts(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The volume's `Status` as Docker is shown it.
+fn status(d: &Driver<FakeMounter>, name: &str) -> serde_json::Map<String, serde_json::Value> {
+    crate::protocol::status_json(&d.get(name).unwrap().status)
+}
+
 fn holders(d: &Driver<FakeMounter>, name: &str) -> u64 {
-    d.get(name).unwrap().status["holders"].as_u64().unwrap()
+    status(d, name)["holders"].as_u64().unwrap()
 }
 
 #[tokio::test]
@@ -100,7 +105,7 @@ async fn counting_is_per_id_and_the_last_holder_unmounts() {
     ));
     d.unmount("vol", "a").await.unwrap();
     assert_eq!(d.mounter.unmounts.load(Ordering::SeqCst), 1);
-    assert_eq!(d.get("vol").unwrap().status["mounted"], false);
+    assert_eq!(status(&d, "vol")["mounted"], false);
     d.unmount("vol", "a").await.unwrap(); // unknown ID now: success, no change
     d.unmount("nope", "a").await.unwrap();
     assert_eq!(d.mounter.unmounts.load(Ordering::SeqCst), 1);
@@ -204,10 +209,10 @@ async fn a_dead_mount_is_remounted_on_the_next_mount() {
     d.create("vol", &opts(&[])).await.unwrap();
     let t = d.mount("vol", "a").await.unwrap();
     d.mounter.kill(&t);
-    assert_eq!(d.get("vol").unwrap().status["health"], "stale");
+    assert_eq!(status(&d, "vol")["health"], "stale");
     d.mount("vol", "b").await.unwrap();
     assert_eq!(d.mounter.mounts.load(Ordering::SeqCst), 2);
-    assert_eq!(d.get("vol").unwrap().status["health"], "ok");
+    assert_eq!(status(&d, "vol")["health"], "ok");
     assert_eq!(holders(&d, "vol"), 2);
 }
 
@@ -262,7 +267,7 @@ async fn unmount_delay_keeps_the_mount_for_a_quick_return() {
         d.unmount("vol", &format!("c{i}")).await.unwrap();
     }
     assert_eq!(d.mounter.mounts.load(Ordering::SeqCst), 1);
-    assert_eq!(d.get("vol").unwrap().status["mounted"], true);
+    assert_eq!(status(&d, "vol")["mounted"], true);
     // Remove ends the wait.
     d.remove("vol").await.unwrap();
     assert_eq!(d.mounter.unmounts.load(Ordering::SeqCst), 1);
@@ -277,7 +282,7 @@ async fn a_failed_state_write_rolls_the_mount_back() {
     let e = d.mount("vol", "a").await.unwrap_err().to_string();
     assert!(e.contains("could not save its state"), "{e}");
     assert_eq!(holders(&d, "vol"), 0);
-    assert_eq!(d.get("vol").unwrap().status["mounted"], false);
+    assert_eq!(status(&d, "vol")["mounted"], false);
     assert_eq!(
         d.mounter.unmounts.load(Ordering::SeqCst),
         1,
@@ -367,7 +372,7 @@ async fn a_live_mount_is_adopted_with_the_backends_file_broken_or_the_options_re
     d2.restore().await;
     assert_eq!(d2.mounter.mounts.load(Ordering::SeqCst), 0);
     for name in ["vol", "odd"] {
-        let st = d2.get(name).unwrap().status;
+        let st = status(&d2, name);
         assert_eq!(st["holders"], 1, "{name}: {st:?}");
         assert_eq!(st["health"], "ok", "{name}: {st:?}");
         assert!(
@@ -375,7 +380,7 @@ async fn a_live_mount_is_adopted_with_the_backends_file_broken_or_the_options_re
             "{name} says why a new mount fails: {st:?}"
         );
     }
-    let odd = d2.get("odd").unwrap().status;
+    let odd = status(&d2, "odd");
     assert!(
         odd["problem"].as_str().unwrap().contains("colour"),
         "{odd:?}"
@@ -430,7 +435,7 @@ async fn a_mount_whose_caller_went_away_is_not_counted() {
     d.mount("vol", "x").await.unwrap();
     assert_eq!(holders(&d, "vol"), 1);
     d.unmount("vol", "x").await.unwrap();
-    assert_eq!(d.get("vol").unwrap().status["mounted"], false);
+    assert_eq!(status(&d, "vol")["mounted"], false);
 }
 
 #[tokio::test]
@@ -445,13 +450,13 @@ async fn a_slow_mount_is_left_alone_and_a_dead_one_repaired() {
         .unwrap()
         .insert(t.clone(), Health::Slow);
     d.check_health().await;
-    assert_eq!(d.get("vol").unwrap().status["health"], "slow");
+    assert_eq!(status(&d, "vol")["health"], "slow");
     assert_eq!(d.mounter.unmounts.load(Ordering::SeqCst), 0);
     d.mounter.kill(&t);
     d.check_health().await;
     assert_eq!(d.mounter.unmounts.load(Ordering::SeqCst), 1);
     assert_eq!(d.mounter.mounts.load(Ordering::SeqCst), 2);
-    assert_eq!(d.get("vol").unwrap().status["health"], "ok");
+    assert_eq!(status(&d, "vol")["health"], "ok");
     d.unmount("vol", "a").await.unwrap();
 }
 
@@ -507,5 +512,5 @@ async fn a_returning_holder_cancels_the_delayed_unmount_and_the_last_one_starts_
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(d.mounter.unmounts.load(Ordering::SeqCst), 1);
     assert!(!pending(&d));
-    assert_eq!(d.get("vol").unwrap().status["mounted"], false);
+    assert_eq!(status(&d, "vol")["mounted"], false);
 }

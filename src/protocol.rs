@@ -52,6 +52,44 @@ pub struct MountpointReply {
     pub err: String,
 }
 
+impl MountpointReply {
+    pub fn at(mountpoint: String) -> Self {
+        MountpointReply {
+            mountpoint,
+            err: String::new(),
+        }
+    }
+}
+
+/// What the call log names of a request: its volume and, for Mount and Unmount, the ID.
+pub trait Subject {
+    fn volume(&self) -> &str;
+    fn id(&self) -> Option<&str> {
+        None
+    }
+}
+
+impl Subject for CreateRequest {
+    fn volume(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Subject for NameRequest {
+    fn volume(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Subject for MountRequest {
+    fn volume(&self) -> &str {
+        &self.name
+    }
+    fn id(&self) -> Option<&str> {
+        Some(&self.id)
+    }
+}
+
 /// One volume as Get and List describe it to dockerd.
 #[derive(Debug, Serialize)]
 pub struct Volume {

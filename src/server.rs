@@ -301,72 +301,50 @@ async fn route<M: Mounter>(
         )),
         "/VolumeDriver.List" => Ok(reply_bytes(ok, list.reply(driver))),
         "/VolumeDriver.Create" => {
-            let r: CreateRequest = decode(endpoint, &body)?;
-            log.volume = Some(r.name.clone());
-            let opts = r.opts.unwrap_or_default();
-            let d = driver.clone();
-            detached(async move { d.create(&r.name, &opts).await })
-                .await
-                .map_err(driver_err)?;
-            Ok(reply(ok, &ErrReply::default()))
+            call(endpoint, &body, log, |r: CreateRequest| {
+                let d = driver.clone();
+                detached(async move { d.create(&r.name, &r.opts.unwrap_or_default()).await })
+            })
+            .await
         }
         "/VolumeDriver.Remove" => {
-            let r: NameRequest = decode(endpoint, &body)?;
-            log.volume = Some(r.name.clone());
-            let d = driver.clone();
-            detached(async move { d.remove(&r.name).await })
-                .await
-                .map_err(driver_err)?;
-            Ok(reply(ok, &ErrReply::default()))
+            call(endpoint, &body, log, |r: NameRequest| {
+                let d = driver.clone();
+                detached(async move { d.remove(&r.name).await })
+            })
+            .await
         }
+        // The driver runs a mount in a task of its own and drops the Mount of a caller that
+        // went away, so Mount is not detached.
         "/VolumeDriver.Mount" => {
-            let r: MountRequest = decode(endpoint, &body)?;
-            log.volume = Some(r.name.clone());
-            log.id = Some(r.id.clone());
-            // The driver runs the mount in a task of its own and drops the Mount of a caller
-            // that went away, so this call is not detached.
-            let p = driver.mount(&r.name, &r.id).await.map_err(driver_err)?;
-            Ok(reply(
-                ok,
-                &MountpointReply {
-                    mountpoint: p.display().to_string(),
-                    err: String::new(),
-                },
-            ))
+            call(endpoint, &body, log, |r: MountRequest| async move {
+                let p = driver.mount(&r.name, &r.id).await?;
+                Ok(MountpointReply::at(p.display().to_string()))
+            })
+            .await
         }
         "/VolumeDriver.Unmount" => {
-            let r: MountRequest = decode(endpoint, &body)?;
-            log.volume = Some(r.name.clone());
-            log.id = Some(r.id.clone());
-            let d = driver.clone();
-            detached(async move { d.unmount(&r.name, &r.id).await })
-                .await
-                .map_err(driver_err)?;
-            Ok(reply(ok, &ErrReply::default()))
+            call(endpoint, &body, log, |r: MountRequest| {
+                let d = driver.clone();
+                detached(async move { d.unmount(&r.name, &r.id).await })
+            })
+            .await
         }
         "/VolumeDriver.Path" => {
-            let r: NameRequest = decode(endpoint, &body)?;
-            log.volume = Some(r.name.clone());
-            let p = driver.path(&r.name).map_err(driver_err)?;
-            Ok(reply(
-                ok,
-                &MountpointReply {
-                    mountpoint: p,
-                    err: String::new(),
-                },
-            ))
+            call(endpoint, &body, log, |r: NameRequest| async move {
+                driver.path(&r.name).map(MountpointReply::at)
+            })
+            .await
         }
         "/VolumeDriver.Get" => {
-            let r: NameRequest = decode(endpoint, &body)?;
-            log.volume = Some(r.name.clone());
-            let v = driver.get(&r.name).map_err(driver_err)?;
-            Ok(reply(
-                ok,
-                &GetReply {
+            call(endpoint, &body, log, |r: NameRequest| async move {
+                let v = driver.get(&r.name)?;
+                Ok(GetReply {
                     volume: to_protocol(v),
                     err: String::new(),
-                },
-            ))
+                })
+            })
+            .await
         }
         _ => Err(Refusal(
             StatusCode::NOT_FOUND,
@@ -374,6 +352,50 @@ async fn route<M: Mounter>(
                 "unknown endpoint {endpoint}; this is a Docker volume plugin (VolumeDriver API)"
             ),
         )),
+    }
+}
+
+/// One volume call: decode the request, note its volume and ID for the log line, run it, and
+/// reply (a driver error becomes `{"Err": ...}` in [`driver_err`]). A call that only succeeds
+/// or fails replies `{"Err": ""}`.
+async fn call<R, T, Fut>(
+    endpoint: &str,
+    body: &[u8],
+    log: &mut CallLog,
+    run: impl FnOnce(R) -> Fut,
+) -> Result<Response<Full<Bytes>>, Refusal>
+where
+    R: DeserializeOwned + Subject,
+    T: IntoReply,
+    Fut: Future<Output = Result<T, Error>>,
+{
+    let r: R = decode(endpoint, body)?;
+    log.volume = Some(r.volume().to_string());
+    log.id = r.id().map(str::to_string);
+    let out = run(r).await.map_err(driver_err)?;
+    Ok(out.into_reply())
+}
+
+/// What a volume call answers with.
+trait IntoReply {
+    fn into_reply(self) -> Response<Full<Bytes>>;
+}
+
+impl IntoReply for () {
+    fn into_reply(self) -> Response<Full<Bytes>> {
+        reply(StatusCode::OK, &ErrReply::default())
+    }
+}
+
+impl IntoReply for MountpointReply {
+    fn into_reply(self) -> Response<Full<Bytes>> {
+        reply(StatusCode::OK, &self)
+    }
+}
+
+impl IntoReply for GetReply {
+    fn into_reply(self) -> Response<Full<Bytes>> {
+        reply(StatusCode::OK, &self)
     }
 }
 

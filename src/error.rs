@@ -2,6 +2,7 @@
 //! `docker` command: what was wrong, and what is allowed or what to do.
 
 use crate::options::OptionError;
+use crate::s3check::BucketError;
 
 /// Everything a volume call can fail with; the HTTP layer turns it into `{"Err": ...}`.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -25,8 +26,8 @@ pub enum Error {
     },
     #[error("volume {name:?} is in use: its holders have {holders} mount(s) not yet unmounted; stop the containers that use it before removing it")]
     InUse { name: String, holders: u64 },
-    #[error("{0}")]
-    Bucket(String),
+    #[error(transparent)]
+    Bucket(#[from] BucketError),
     #[error("volume {name:?} cannot be mounted anew: {problem}; its live mounts are kept. Remove it when no container uses it (docker volume rm) and create it again")]
     Unresolvable { name: String, problem: String },
     #[error("mounting volume {name:?} failed: {message}")]

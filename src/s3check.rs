@@ -16,16 +16,73 @@ use crate::backends::Backend;
 /// A boxed future, so that checkers can live behind `dyn` (a fake one in unit tests).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// Why a bucket check failed: the three usual causes (missing, denied, unreachable) told
+/// apart, each with what the user can do. `backend` is the backend's name in the backends
+/// file; the endpoint is shown, the keys never.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BucketError {
+    #[error("bucket {bucket:?} does not exist on backend {backend:?} ({endpoint}); create it, or add -o create-bucket=true")]
+    Missing {
+        backend: String,
+        endpoint: String,
+        bucket: String,
+    },
+    #[error("backend {backend:?} ({endpoint}) denied access to bucket {bucket:?} (HTTP {status}): check the access-key and secret-key of backend {backend:?} in the backends file, and the bucket's policy")]
+    Denied {
+        backend: String,
+        endpoint: String,
+        bucket: String,
+        status: u16,
+    },
+    #[error(
+        "backend {backend:?} ({endpoint}) answered HTTP {status} for bucket {bucket:?}: {detail}"
+    )]
+    Answered {
+        backend: String,
+        endpoint: String,
+        bucket: String,
+        status: u16,
+        detail: String,
+    },
+    #[error("backend {backend:?} ({endpoint}) did not answer within {secs} s")]
+    Timeout {
+        backend: String,
+        endpoint: String,
+        secs: u64,
+    },
+    #[error("backend {backend:?} is unreachable: cannot connect to {endpoint} ({detail})")]
+    Unreachable {
+        backend: String,
+        endpoint: String,
+        detail: String,
+    },
+    #[error("checking bucket {bucket:?} on backend {backend:?} ({endpoint}) failed: {detail}")]
+    Failed {
+        backend: String,
+        endpoint: String,
+        bucket: String,
+        detail: String,
+    },
+    /// The backend's own settings are unusable (its CA file, its TLS settings).
+    #[error("backend {backend:?}: {detail}")]
+    Settings { backend: String, detail: String },
+    #[error("creating bucket {bucket:?} failed: {cause}")]
+    Create {
+        bucket: String,
+        cause: Box<BucketError>,
+    },
+}
+
 /// Checks that a bucket answers on a backend, creating it when asked.
 pub trait BucketChecker: Send + Sync + 'static {
-    /// `Err` carries the whole message for the user; `backend_name` only appears in it.
+    /// `backend_name` only appears in the error.
     fn check<'a>(
         &'a self,
         backend_name: &'a str,
         backend: &'a Backend,
         bucket: &'a str,
         create: bool,
-    ) -> BoxFuture<'a, Result<(), String>>;
+    ) -> BoxFuture<'a, Result<(), BucketError>>;
 }
 
 /// The real checker, with aws-sdk-s3 and a bounded time per check.
@@ -77,56 +134,64 @@ fn client(backend: &Backend, timeout: Duration) -> Result<aws_sdk_s3::Client, St
     Ok(aws_sdk_s3::Client::from_conf(conf))
 }
 
-/// Words for an SDK failure that say which of the three usual causes it is.
+/// Which of the usual causes an SDK failure is.
 fn explain<E>(
     err: &SdkError<E, HttpResponse>,
     name: &str,
     backend: &Backend,
     bucket: &str,
     timeout: Duration,
-) -> (Option<u16>, String)
+) -> BucketError
 where
     E: std::error::Error + 'static,
 {
-    let endpoint = &backend.endpoint;
+    let (backend_name, endpoint, bucket) = (
+        name.to_string(),
+        backend.endpoint.clone(),
+        bucket.to_string(),
+    );
     match err {
-        SdkError::ServiceError(e) => {
-            let status = e.raw().status().as_u16();
-            let msg = match status {
-                404 => format!("bucket {bucket:?} does not exist on backend {name:?} ({endpoint}); create it, or add -o create-bucket=true"),
-                401 | 403 => format!("backend {name:?} ({endpoint}) denied access to bucket {bucket:?} (HTTP {status}): check the access-key and secret-key of backend {name:?} in the backends file, and the bucket's policy"),
-                s => format!("backend {name:?} ({endpoint}) answered HTTP {s} for bucket {bucket:?}: {}", DisplayErrorContext(err)),
-            };
-            (Some(status), msg)
-        }
-        SdkError::TimeoutError(_) => (
-            None,
-            format!(
-                "backend {name:?} ({endpoint}) did not answer within {} s",
-                timeout.as_secs()
-            ),
-        ),
-        SdkError::DispatchFailure(d) if d.is_timeout() => (
-            None,
-            format!(
-                "backend {name:?} ({endpoint}) did not answer within {} s",
-                timeout.as_secs()
-            ),
-        ),
-        SdkError::DispatchFailure(_) => (
-            None,
-            format!(
-                "backend {name:?} is unreachable: cannot connect to {endpoint} ({})",
-                DisplayErrorContext(err)
-            ),
-        ),
-        _ => (
-            None,
-            format!(
-                "checking bucket {bucket:?} on backend {name:?} ({endpoint}) failed: {}",
-                DisplayErrorContext(err)
-            ),
-        ),
+        SdkError::ServiceError(e) => match e.raw().status().as_u16() {
+            404 => BucketError::Missing {
+                backend: backend_name,
+                endpoint,
+                bucket,
+            },
+            status @ (401 | 403) => BucketError::Denied {
+                backend: backend_name,
+                endpoint,
+                bucket,
+                status,
+            },
+            status => BucketError::Answered {
+                backend: backend_name,
+                endpoint,
+                bucket,
+                status,
+                detail: DisplayErrorContext(err).to_string(),
+            },
+        },
+        SdkError::TimeoutError(_) => timed_out(name, backend, timeout),
+        SdkError::DispatchFailure(d) if d.is_timeout() => timed_out(name, backend, timeout),
+        SdkError::DispatchFailure(_) => BucketError::Unreachable {
+            backend: backend_name,
+            endpoint,
+            detail: DisplayErrorContext(err).to_string(),
+        },
+        _ => BucketError::Failed {
+            backend: backend_name,
+            endpoint,
+            bucket,
+            detail: DisplayErrorContext(err).to_string(),
+        },
+    }
+}
+
+fn timed_out(name: &str, backend: &Backend, timeout: Duration) -> BucketError {
+    BucketError::Timeout {
+        backend: name.to_string(),
+        endpoint: backend.endpoint.clone(),
+        secs: timeout.as_secs(),
     }
 }
 
@@ -137,33 +202,25 @@ impl BucketChecker for S3Checker {
         backend: &'a Backend,
         bucket: &'a str,
         create: bool,
-    ) -> BoxFuture<'a, Result<(), String>> {
+    ) -> BoxFuture<'a, Result<(), BucketError>> {
         Box::pin(async move {
             let timeout = self.timeout;
-            let c = client(backend, timeout).map_err(|e| format!("backend {name:?}: {e}"))?;
+            let c = client(backend, timeout).map_err(|detail| BucketError::Settings {
+                backend: name.to_string(),
+                detail,
+            })?;
             let head = tokio::time::timeout(timeout, c.head_bucket().bucket(bucket).send()).await;
             let err = match head {
-                Err(_) => {
-                    return Err(format!(
-                        "backend {name:?} ({}) did not answer within {} s",
-                        backend.endpoint,
-                        timeout.as_secs()
-                    ))
-                }
+                Err(_) => return Err(timed_out(name, backend, timeout)),
                 Ok(Ok(_)) => return Ok(()),
-                Ok(Err(e)) => e,
+                Ok(Err(e)) => explain(&e, name, backend, bucket, timeout),
             };
-            let (status, msg) = explain(&err, name, backend, bucket, timeout);
-            if status != Some(404) || !create {
-                return Err(msg);
+            if !matches!(err, BucketError::Missing { .. }) || !create {
+                return Err(err);
             }
             let made = tokio::time::timeout(timeout, c.create_bucket().bucket(bucket).send()).await;
             match made {
-                Err(_) => Err(format!(
-                    "backend {name:?} ({}) did not answer within {} s",
-                    backend.endpoint,
-                    timeout.as_secs()
-                )),
+                Err(_) => Err(timed_out(name, backend, timeout)),
                 Ok(Ok(_)) => {
                     tracing::info!(
                         backend = name,
@@ -172,10 +229,10 @@ impl BucketChecker for S3Checker {
                     );
                     Ok(())
                 }
-                Ok(Err(e)) => {
-                    let (_, msg) = explain(&e, name, backend, bucket, timeout);
-                    Err(format!("creating bucket {bucket:?} failed: {msg}"))
-                }
+                Ok(Err(e)) => Err(BucketError::Create {
+                    bucket: bucket.to_string(),
+                    cause: Box::new(explain(&e, name, backend, bucket, timeout)),
+                }),
             }
         })
     }

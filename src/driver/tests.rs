@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::*;
 use crate::backends::{Backend, Backends};
 use crate::mounter::fake::FakeMounter;
-use crate::s3check::{BoxFuture, BucketChecker};
+use crate::s3check::{BoxFuture, BucketChecker, BucketError};
 
 struct OkChecker;
 impl BucketChecker for OkChecker {
@@ -20,10 +20,14 @@ impl BucketChecker for OkChecker {
         _: &'a Backend,
         bucket: &'a str,
         _: bool,
-    ) -> BoxFuture<'a, std::result::Result<(), String>> {
+    ) -> BoxFuture<'a, std::result::Result<(), BucketError>> {
         Box::pin(async move {
             if bucket == "missing" {
-                Err(format!("bucket {bucket:?} does not exist"))
+                Err(BucketError::Missing {
+                    backend: "default".into(),
+                    endpoint: "http://127.0.0.1:1".into(),
+                    bucket: bucket.into(),
+                })
             } else {
                 Ok(())
             }

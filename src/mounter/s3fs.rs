@@ -1067,6 +1067,10 @@ impl<S: Sys> Mounter for S3fsMounter<S> {
 }
 
 #[cfg(test)]
+#[path = "seam_tests.rs"]
+mod seam_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::backends::Backend;

@@ -12,6 +12,8 @@ pub mod sys;
 
 #[cfg(test)]
 pub mod fake;
+#[cfg(test)]
+pub mod fakesys;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -29,7 +29,7 @@ use tokio::sync::watch;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use super::sys::{self, Pidfd};
+use super::sys::{self, Linux, Sys};
 use super::{bounded, resolve, Adoption, Health, MountError, MountSpec, Mounter};
 use crate::backends::Secret;
 use crate::fsutil;
@@ -151,13 +151,13 @@ impl Identity {
 
 /// What every holder of an s3fs knows of it: whether it lives, whether it answered the last
 /// probe in time, and a handle that signals that very process.
-#[derive(Debug)]
-struct Liveness {
+struct Liveness<S: Sys> {
+    sys: Arc<S>,
     pid: u32,
     /// Taken at spawn or, for an adopted s3fs, after checking it serves the mount: signals go
     /// through it, so a reused PID is never signalled. Absent only where the kernel has no
     /// pidfds; then only our own unreaped child is ever signalled (its PID cannot be reused).
-    pidfd: Option<Pidfd>,
+    pidfd: Option<S::Pidfd>,
     own_child: bool,
     /// Flips to false when our child is seen to exit.
     alive: AtomicBool,
@@ -165,12 +165,12 @@ struct Liveness {
     slow: AtomicBool,
 }
 
-impl Liveness {
+impl<S: Sys> Liveness<S> {
     fn is_alive(&self) -> bool {
         self.alive.load(Ordering::Acquire)
             && match &self.pidfd {
-                Some(fd) => fd.is_alive(),
-                None => self.own_child || sys::is_alive(self.pid),
+                Some(fd) => self.sys.pidfd_alive(fd),
+                None => self.own_child || self.sys.pid_alive(self.pid),
             }
     }
 
@@ -188,13 +188,10 @@ impl Liveness {
     fn kill(&self) {
         match &self.pidfd {
             Some(fd) => {
-                let _ = fd.signal(Signal::SIGKILL);
+                let _ = self.sys.pidfd_signal(fd, Signal::SIGKILL);
             }
             None if self.own_child && self.alive.load(Ordering::Acquire) => {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(self.pid as i32),
-                    Signal::SIGKILL,
-                );
+                let _ = self.sys.kill(self.pid, Signal::SIGKILL);
             }
             None => {}
         }
@@ -202,46 +199,55 @@ impl Liveness {
 }
 
 /// A running s3fs, ours or adopted from an earlier run of the daemon.
-struct Process {
-    live: Arc<Liveness>,
+struct Process<S: Sys> {
+    live: Arc<Liveness<S>>,
     /// Fires when our own child exits (absent for adopted processes, which are polled).
     exited: Option<watch::Receiver<bool>>,
 }
 
-impl Process {
+impl<S: Sys> Process<S> {
     fn is_alive(&self) -> bool {
         self.live.is_alive()
     }
 }
 
 /// One shared s3fs mount and the volume targets bound to it.
-struct Shared {
+struct Shared<S: Sys> {
     path: PathBuf,
     /// What the running s3fs was started for (None until a Mount joins it, e.g. an adopted one
     /// whose name, a keyed hash of its identity, was all that was known).
     identity: Option<Identity>,
-    process: Option<Process>,
+    process: Option<Process<S>>,
     users: HashSet<PathBuf>,
 }
 
 /// A volume target's shared mount: its name and its s3fs's liveness.
-type Binding = (String, Arc<Liveness>);
+type Binding<S> = (String, Arc<Liveness<S>>);
 
-/// The s3fs mounter.
-pub struct S3fsMounter {
+/// The s3fs mounter; `S` is the system it runs on (a fake one in tests).
+pub struct S3fsMounter<S: Sys = Linux> {
     cfg: S3fsConfig,
+    sys: Arc<S>,
     /// Shared mounts by name; the async lock serialises starting and stopping one s3fs while
     /// different buckets proceed in parallel.
-    shared: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Shared>>>>,
+    shared: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Shared<S>>>>>,
     /// Which shared mount each volume target is bound to, and that s3fs's liveness flag.
-    targets: Mutex<HashMap<PathBuf, Binding>>,
+    targets: Mutex<HashMap<PathBuf, Binding<S>>>,
 }
 
 impl S3fsMounter {
     /// A mounter with nothing mounted yet (see [`Mounter::adopt`] for what an earlier run left).
     pub fn new(cfg: S3fsConfig) -> Self {
+        S3fsMounter::with_sys(cfg, Arc::new(Linux))
+    }
+}
+
+impl<S: Sys> S3fsMounter<S> {
+    /// A mounter over the system `sys` (the real one is [`S3fsMounter::new`]).
+    pub fn with_sys(cfg: S3fsConfig, sys: Arc<S>) -> Self {
         S3fsMounter {
             cfg,
+            sys,
             shared: Mutex::new(HashMap::new()),
             targets: Mutex::new(HashMap::new()),
         }
@@ -256,7 +262,7 @@ impl S3fsMounter {
         Identity::of(spec).name(&self.cfg.name_key)
     }
 
-    fn entry(&self, name: &str) -> Arc<tokio::sync::Mutex<Shared>> {
+    fn entry(&self, name: &str) -> Arc<tokio::sync::Mutex<Shared<S>>> {
         let mut map = self.shared.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(name.to_string())
             .or_insert_with(|| {
@@ -334,26 +340,27 @@ impl S3fsMounter {
         &self,
         spec: &MountSpec,
         name: &str,
-        shared: &mut Shared,
+        shared: &mut Shared<S>,
     ) -> Result<(), MountError> {
         let path = shared.path.clone();
         // Nothing may be left at the path by an s3fs nobody owns (a daemon that died while
         // starting it): two s3fs on one path would break one-process-per-bucket.
         // It serves no volume (`start` runs only when none is bound here), so it is killed.
-        while let Some(fd) = sys::s3fs_of(&path) {
+        let sy = &*self.sys;
+        while let Some(fd) = sys::s3fs_of(sy, &path) {
             tracing::warn!(pid = fd.pid, path = %path.display(), "stopping an s3fs that no volume owns");
-            let _ = fd.signal(Signal::SIGKILL);
+            let _ = fd.signal(sy, Signal::SIGKILL);
             let deadline = Instant::now() + EXIT_GRACE;
-            while fd.is_alive() && Instant::now() < deadline {
+            while fd.is_alive(sy) && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            if fd.is_alive() {
+            if fd.is_alive(sy) {
                 break;
             }
         }
-        if sys::mount_at(&sys::mounts(), &path).is_some() {
-            let p = path.clone();
-            bounded::run(self.cfg.mount_timeout, move || sys::unmount(&p))
+        if sys::mount_at(&sy.mounts(), &path).is_some() {
+            let (p, sy) = (path.clone(), self.sys.clone());
+            bounded::run(self.cfg.mount_timeout, move || sy.unmount(&p))
                 .await
                 .map_err(|e| MountError(format!("unmounting {}: {e}", path.display())))?
                 .map_err(MountError)?;
@@ -399,19 +406,20 @@ impl S3fsMounter {
             cmd.env("CURL_CA_BUNDLE", ca);
         }
         let started = Instant::now();
-        let mut child = cmd.spawn().map_err(|e| {
+        let spawned = self.sys.spawn(cmd).map_err(|e| {
             let _ = fs::remove_dir(&path);
             MountError(format!(
                 "cannot start {}: {e} (is s3fs installed?)",
                 self.cfg.program
             ))
         })?;
-        let pid = child.id().unwrap_or(0);
+        let pid = spawned.pid;
         tracing::debug!(shared = name, pid, "s3fs started");
         // Taken before anything reaps the child, so it is this process.
         let live = Arc::new(Liveness {
+            sys: self.sys.clone(),
             pid,
-            pidfd: Pidfd::open(pid).ok(),
+            pidfd: self.sys.pidfd_open(pid).ok(),
             own_child: true,
             alive: AtomicBool::new(true),
             slow: AtomicBool::new(false),
@@ -421,7 +429,7 @@ impl S3fsMounter {
         let (tx, rx) = watch::channel(false);
         let (live2, name2) = (live.clone(), name.to_string());
         tokio::spawn(async move {
-            let status = child.wait().await;
+            let status = spawned.exited.await;
             live2.alive.store(false, Ordering::Release);
             tracing::debug!(shared = %name2, ?status, "s3fs exited");
             let _ = tx.send(true);
@@ -436,7 +444,7 @@ impl S3fsMounter {
         loop {
             if !process.is_alive() {
                 let said = log_tail(&log_path);
-                let _ = sys::unmount(&path);
+                let _ = self.sys.unmount(&path);
                 let _ = fs::remove_dir(&path);
                 return Err(MountError(format!(
                     "s3fs exited before the mount was ready: {said}"
@@ -444,10 +452,10 @@ impl S3fsMounter {
             }
             // s3fs checks the bucket inside FUSE's init, so the probe can block until that
             // check gives up: it must not hold the Mount past its deadline.
-            let p = path.clone();
+            let (p, sy) = (path.clone(), self.sys.clone());
             let left = deadline.saturating_duration_since(Instant::now());
             let ready = matches!(
-                bounded::run(left, move || is_fuse_ready(&p)).await,
+                bounded::run(left, move || sy.fuse_ready(&p)).await,
                 Ok(true)
             );
             if ready {
@@ -479,9 +487,9 @@ impl S3fsMounter {
     /// An s3fs that outlives its unmount still serves files opened before a lazy detach (a
     /// writer that has not closed yet): it is killed only when `dead` says it serves nobody
     /// (it never became ready, or its FUSE connection is gone), else left to exit by itself.
-    async fn stop_process(&self, path: &Path, process: &mut Process, dead: bool) {
-        let p = path.to_path_buf();
-        match bounded::run(self.cfg.mount_timeout, move || sys::unmount(&p)).await {
+    async fn stop_process(&self, path: &Path, process: &mut Process<S>, dead: bool) {
+        let (p, sy) = (path.to_path_buf(), self.sys.clone());
+        match bounded::run(self.cfg.mount_timeout, move || sy.unmount(&p)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "unmounting shared s3fs mount"),
             Err(e) => {
@@ -522,9 +530,9 @@ impl S3fsMounter {
                 None => tokio::time::sleep(Duration::from_millis(10)).await,
             }
         }
-        let p = path.to_path_buf();
+        let (p, sy) = (path.to_path_buf(), self.sys.clone());
         let _ = bounded::run(EXIT_GRACE, move || {
-            let _ = sys::unmount(&p);
+            let _ = sy.unmount(&p);
             let _ = fs::remove_dir(&p);
         })
         .await;
@@ -564,32 +572,24 @@ impl S3fsMounter {
     }
 }
 
-/// True when `path` is a FUSE mount whose root answers statvfs and can be listed.
-fn is_fuse_ready(path: &Path) -> bool {
-    const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
-    let Ok(st) = nix::sys::statfs::statfs(path) else {
-        return false;
-    };
-    if st.filesystem_type().0 != FUSE_SUPER_MAGIC {
-        return false;
-    }
-    fs::read_dir(path).is_ok()
-}
-
 /// Make `<mount_root>/<volume>` an empty folder that is not a mount point, whatever an earlier
 /// run left there (a dead FUSE mount would make `mkdir` fail with "file exists"), and open it
 /// without following a link.
-fn prepare_target(mount_root: &Path, volume: &str) -> Result<std::os::fd::OwnedFd, MountError> {
+fn prepare_target<S: Sys>(
+    sy: &S,
+    mount_root: &Path,
+    volume: &str,
+) -> Result<std::os::fd::OwnedFd, MountError> {
     let target = mount_root.join(volume);
     // Mounts may be stacked; a few rounds clear them, and a target that stays mounted after
     // that is reported rather than looped on.
     for _ in 0..8 {
-        if sys::mount_at(&sys::mounts(), &target).is_none() {
+        if sys::mount_at(&sy.mounts(), &target).is_none() {
             break;
         }
-        sys::unmount(&target).map_err(MountError)?;
+        sy.unmount(&target).map_err(MountError)?;
     }
-    if sys::mount_at(&sys::mounts(), &target).is_some() {
+    if sys::mount_at(&sy.mounts(), &target).is_some() {
         return Err(MountError(format!(
             "{} is still mounted by something else and cannot be cleared",
             target.display()
@@ -669,7 +669,7 @@ fn log_tail(path: &Path) -> String {
     }
 }
 
-impl Mounter for S3fsMounter {
+impl<S: Sys> Mounter for S3fsMounter<S> {
     async fn mount(&self, spec: &MountSpec) -> Result<String, MountError> {
         // One deadline for the whole Mount, whatever part of it is slow.
         let deadline = Instant::now() + self.cfg.mount_timeout;
@@ -678,9 +678,9 @@ impl Mounter for S3fsMounter {
         let mut s = shared.lock().await;
         if let Some(p) = &s.process {
             let live = p.live.clone();
-            let path = s.path.clone();
+            let (path, sy) = (s.path.clone(), self.sys.clone());
             let verdict = if live.is_alive() {
-                bounded::run(self.cfg.mount_timeout, move || sys::statvfs_ok(&path)).await
+                bounded::run(self.cfg.mount_timeout, move || sy.statvfs(&path)).await
             } else {
                 Ok(Err(nix::errno::Errno::ENOTCONN))
             };
@@ -742,7 +742,7 @@ impl Mounter for S3fsMounter {
         // made, or is undone. (A folder the resolver creates lands inside the bucket or, once
         // the s3fs is gone, nowhere: it works on fds of the FUSE mount.)
         let phase = Arc::new(std::sync::atomic::AtomicU8::new(RUNNING));
-        let ph = phase.clone();
+        let (ph, sy) = (phase.clone(), self.sys.clone());
         let mut task = tokio::task::spawn_blocking(move || -> Result<(), MountError> {
             let late = || MountError("the mount was given up at its deadline".into());
             let cancelled = || ph.load(Ordering::Acquire) == CANCELLED;
@@ -756,20 +756,19 @@ impl Mounter for S3fsMounter {
             if cancelled() {
                 return Err(late());
             }
-            let target_fd = prepare_target(&mount_root, &volume)?;
+            let target_fd = prepare_target(&*sy, &mount_root, &volume)?;
             let shown = (
                 shared_path.join(prefix.as_deref().unwrap_or("")),
                 target.clone(),
             );
             let stage = ro.then_some((stage_root.as_path(), volume.as_str()));
-            sys::bind(
-                source.as_fd(),
-                target_fd.as_fd(),
-                (&shown.0, &shown.1),
-                stage,
-            )
-            .map_err(MountError)
-            .and_then(|()| resolve::check_view(&target, &shared_path, prefix.as_deref()))
+            sy.bind_view(sys::BindView {
+                source: source.as_fd(),
+                target: target_fd.as_fd(),
+                shown: (&shown.0, &shown.1),
+                read_only: stage,
+                view: (&target, &shared_path, prefix.as_deref()),
+            })
             .inspect_err(|_| {
                 let _ = fs::remove_dir(&target);
             })?;
@@ -777,7 +776,7 @@ impl Mounter for S3fsMounter {
                 .compare_exchange(RUNNING, DONE, Ordering::AcqRel, Ordering::Acquire)
                 .is_err()
             {
-                let _ = sys::unmount(&target);
+                let _ = sy.unmount(&target);
                 let _ = fs::remove_dir(&target);
                 return Err(late());
             }
@@ -827,9 +826,9 @@ impl Mounter for S3fsMounter {
     }
 
     async fn unmount(&self, target: &Path) -> Result<(), MountError> {
-        let t = target.to_path_buf();
+        let (t, sy) = (target.to_path_buf(), self.sys.clone());
         let r = bounded::run(self.cfg.mount_timeout, move || {
-            let r = sys::unmount(&t);
+            let r = sy.unmount(&t);
             let _ = fs::remove_dir(&t);
             r
         })
@@ -840,7 +839,7 @@ impl Mounter for S3fsMounter {
     }
 
     async fn adopt(&self, target: &Path, recorded: Option<&str>) -> Adoption {
-        let table = sys::mounts();
+        let table = self.sys.mounts();
         let Some(bound) = sys::mount_at(&table, target) else {
             return Adoption::Absent;
         };
@@ -874,11 +873,12 @@ impl Mounter for S3fsMounter {
         let live = match s.process.as_ref() {
             Some(p) if p.is_alive() => p.live.clone(),
             _ => {
-                let Some(found) = sys::s3fs_of(&shared_mount.mount_point) else {
+                let Some(found) = sys::s3fs_of(&*self.sys, &shared_mount.mount_point) else {
                     return Adoption::Dead;
                 };
                 // Without a pidfd it is watched by PID and never signalled.
                 let live = Arc::new(Liveness {
+                    sys: self.sys.clone(),
                     pid: found.pid,
                     pidfd: found.pidfd,
                     own_child: false,
@@ -893,8 +893,8 @@ impl Mounter for S3fsMounter {
                 live
             }
         };
-        let t = target.to_path_buf();
-        match bounded::run(ADOPT_TIMEOUT, move || sys::statvfs_ok(&t)).await {
+        let (t, sy) = (target.to_path_buf(), self.sys.clone());
+        match bounded::run(ADOPT_TIMEOUT, move || sy.statvfs(&t)).await {
             Ok(Err(e)) if sys::is_gone(e) => return Adoption::Dead,
             Err(_) => live.slow.store(true, Ordering::Release),
             Ok(_) => {}
@@ -928,11 +928,11 @@ impl Mounter for S3fsMounter {
             return Health::Stale;
         }
         // A target that is no mount any more (someone unmounted it) is no longer served.
-        if sys::mount_at(&sys::mounts(), target).is_none() {
+        if sys::mount_at(&self.sys.mounts(), target).is_none() {
             return Health::Stale;
         }
-        let t = target.to_path_buf();
-        match bounded::run(PROBE_TIMEOUT, move || sys::statvfs_ok(&t)).await {
+        let (t, sy) = (target.to_path_buf(), self.sys.clone());
+        match bounded::run(PROBE_TIMEOUT, move || sy.statvfs(&t)).await {
             Ok(Err(e)) if sys::is_gone(e) => Health::Stale,
             Err(bounded::Unanswered::TimedOut(_)) => {
                 live.slow.store(true, Ordering::Release);
@@ -954,7 +954,8 @@ impl Mounter for S3fsMounter {
             let map = self.shared.lock().unwrap_or_else(|e| e.into_inner());
             map.keys().map(|n| shared_root.join(n)).collect()
         };
-        let table = sys::mounts();
+        let sy = &*self.sys;
+        let table = sy.mounts();
         // Only what is provably ours is touched: s3fs mounts (and binds of them) in our own
         // folders. A held volume's target, and any s3fs it is a view of, is never touched.
         let kept_devs: HashSet<String> = table
@@ -965,8 +966,9 @@ impl Mounter for S3fsMounter {
         let ours = |m: &sys::MountEntry| m.fs_type == S3FS_TYPE;
         let bounded_unmount = |p: PathBuf| async move {
             let shown = p.display().to_string();
+            let sy = self.sys.clone();
             match bounded::run(EXIT_GRACE, move || {
-                let r = sys::unmount(&p);
+                let r = sy.unmount(&p);
                 let _ = fs::remove_dir(&p);
                 r
             })
@@ -992,8 +994,8 @@ impl Mounter for S3fsMounter {
             {
                 if ours(m) {
                     tracing::info!(path = %m.mount_point.display(), "removing a mount left by an earlier run");
-                    let p = m.mount_point.clone();
-                    match bounded::run(EXIT_GRACE, move || sys::unmount(&p)).await {
+                    let (p, sy) = (m.mount_point.clone(), self.sys.clone());
+                    match bounded::run(EXIT_GRACE, move || sy.unmount(&p)).await {
                         Ok(Ok(())) => {}
                         other => {
                             tracing::warn!(path = %m.mount_point.display(), ?other, "sweep: unmount")
@@ -1004,23 +1006,23 @@ impl Mounter for S3fsMounter {
                 }
             }
         }
-        for m in sys::mounts().iter().rev() {
+        for m in sy.mounts().iter().rev() {
             if m.mount_point.parent() == Some(shared_root.as_path())
                 && !in_use.contains(&m.mount_point)
                 && ours(m)
                 && !kept_devs.contains(&m.dev)
             {
                 tracing::info!(path = %m.mount_point.display(), "stopping an s3fs left by an earlier run");
-                let s3fs = sys::s3fs_of(&m.mount_point);
+                let s3fs = sys::s3fs_of(sy, &m.mount_point);
                 bounded_unmount(m.mount_point.clone()).await;
                 // Its mount is gone: it exits by itself, unless it still serves files opened
                 // before a lazy detach; then it is left to finish them.
                 if let Some(fd) = s3fs {
                     let deadline = Instant::now() + EXIT_GRACE;
-                    while fd.is_alive() && Instant::now() < deadline {
+                    while fd.is_alive(sy) && Instant::now() < deadline {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
-                    if fd.is_alive() {
+                    if fd.is_alive(sy) {
                         tracing::warn!(
                             pid = fd.pid,
                             "s3fs still runs after its mount was detached; left to exit by itself"
@@ -1031,21 +1033,21 @@ impl Mounter for S3fsMounter {
         }
         // An s3fs started by a run that died before its mount was ready: it has no mount, so
         // it serves nobody, and its mount might still appear.
-        let mounted: HashSet<PathBuf> = sys::mounts().into_iter().map(|m| m.mount_point).collect();
-        let strays = sys::processes_with_arg("s3fs", |a| {
+        let mounted: HashSet<PathBuf> = sy.mounts().into_iter().map(|m| m.mount_point).collect();
+        let strays = sy.processes_with_arg("s3fs", &|a| {
             (a.parent() == Some(shared_root.as_path())
                 && !in_use.contains(a)
                 && !mounted.contains(a))
             .then(|| a.to_path_buf())
         });
         for (_, path) in strays {
-            let Some(fd) = sys::s3fs_of(&path) else {
+            let Some(fd) = sys::s3fs_of(sy, &path) else {
                 continue;
             };
             tracing::info!(pid = fd.pid, path = %path.display(), "stopping an s3fs that no volume owns");
-            let _ = fd.signal(Signal::SIGKILL);
+            let _ = fd.signal(sy, Signal::SIGKILL);
             let deadline = Instant::now() + EXIT_GRACE;
-            while fd.is_alive() && Instant::now() < deadline {
+            while fd.is_alive(sy) && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             bounded_unmount(path).await;
@@ -1065,12 +1067,16 @@ impl Mounter for S3fsMounter {
 }
 
 #[cfg(test)]
+#[path = "seam_tests.rs"]
+mod seam_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::backends::Backend;
     use crate::options::VolumeOptions;
 
-    fn spec(pairs: &[(&str, &str)]) -> MountSpec {
+    pub(super) fn spec(pairs: &[(&str, &str)]) -> MountSpec {
         let opts = pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

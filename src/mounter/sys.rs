@@ -9,6 +9,14 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use std::os::fd::{AsFd, BorrowedFd};
 
+use std::future::Future;
+use std::pin::Pin;
+use std::process::ExitStatus;
+
+use nix::sys::signal::Signal;
+use tokio::process::Command;
+
+use super::{resolve, MountError};
 use crate::fsutil::{fd_path, open_beneath, open_dir};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
@@ -209,14 +217,6 @@ pub fn processes_with_arg<T>(program: &str, pick: impl Fn(&Path) -> Option<T>) -
         .collect()
 }
 
-/// PIDs of live (not zombie) processes whose command line contains `needle` as one argument.
-pub fn pids_with_arg(program: &str, needle: &OsStr) -> Vec<u32> {
-    processes_with_arg(program, |a| (a.as_os_str() == needle).then_some(()))
-        .into_iter()
-        .map(|(pid, ())| pid)
-        .collect()
-}
-
 /// True while `pid` exists and is not a zombie.
 pub fn is_alive(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -296,51 +296,186 @@ impl Pidfd {
 /// A process found by its command line: held by a pidfd where the kernel (or a container's
 /// seccomp profile) allows one, else by its bare PID, checked just before.
 #[derive(Debug)]
-pub struct Found {
+pub struct Found<P = Pidfd> {
     pub pid: u32,
-    pub pidfd: Option<Pidfd>,
+    pub pidfd: Option<P>,
 }
 
-impl Found {
+impl<P> Found<P> {
     /// True until the process exits.
-    pub fn is_alive(&self) -> bool {
+    pub fn is_alive<S: Sys<Pidfd = P>>(&self, sys: &S) -> bool {
         match &self.pidfd {
-            Some(fd) => fd.is_alive(),
-            None => is_alive(self.pid),
+            Some(fd) => sys.pidfd_alive(fd),
+            None => sys.pid_alive(self.pid),
         }
     }
 
     /// Signal it: through the pidfd, so never a process that reused its PID; without one,
     /// by PID right after the check (the old, racy way, only where pidfds are refused).
-    pub fn signal(&self, sig: nix::sys::signal::Signal) -> Result<(), Errno> {
+    pub fn signal<S: Sys<Pidfd = P>>(&self, sys: &S, sig: Signal) -> Result<(), Errno> {
         match &self.pidfd {
-            Some(fd) => fd.signal(sig),
-            None => nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), sig),
+            Some(fd) => sys.pidfd_signal(fd, sig),
+            None => sys.kill(self.pid, sig),
         }
     }
 }
 
 /// The live `program` processes with `arg` as an argument. The pidfd of each is taken
 /// *before* its command line is checked, so it is known to be that process.
-pub fn find_with_arg(program: &str, arg: &OsStr) -> Vec<Found> {
-    pids_with_arg(program, arg)
+pub fn find_with_arg<S: Sys>(sys: &S, program: &str, arg: &OsStr) -> Vec<Found<S::Pidfd>> {
+    let pids = |sys: &S| -> Vec<u32> {
+        sys.processes_with_arg(program, &|a| (a.as_os_str() == arg).then_some(()))
+            .into_iter()
+            .map(|(pid, ())| pid)
+            .collect()
+    };
+    pids(sys)
         .into_iter()
         .filter_map(|pid| {
-            let pidfd = match Pidfd::open(pid) {
+            let pidfd = match sys.pidfd_open(pid) {
                 Ok(fd) => Some(fd),
                 Err(e) if e.raw_os_error() == Some(nix::libc::ESRCH) => return None,
                 Err(_) => None,
             };
-            pids_with_arg(program, arg)
-                .contains(&pid)
-                .then_some(Found { pid, pidfd })
+            pids(sys).contains(&pid).then_some(Found { pid, pidfd })
         })
         .collect()
 }
 
 /// The s3fs process serving the mount at `path` (see [`find_with_arg`]).
-pub fn s3fs_of(path: &Path) -> Option<Found> {
-    find_with_arg("s3fs", path.as_os_str()).into_iter().next()
+pub fn s3fs_of<S: Sys>(sys: &S, path: &Path) -> Option<Found<S::Pidfd>> {
+    find_with_arg(sys, "s3fs", path.as_os_str())
+        .into_iter()
+        .next()
+}
+
+/// A started s3fs: its PID and a future that resolves when it exits (and reaps it).
+pub struct Spawned {
+    pub pid: u32,
+    pub exited: Pin<Box<dyn Future<Output = std::io::Result<ExitStatus>> + Send>>,
+}
+
+/// A volume's bind: `source` onto `target` (see [`bind`] for `shown` and `read_only`), then
+/// the check that the new mount at `view.0` is a view of the s3fs mounted at `view.1` of
+/// exactly the prefix `view.2` (see [`resolve::check_view`]); a wrong bind is undone.
+pub struct BindView<'a> {
+    pub source: BorrowedFd<'a>,
+    pub target: BorrowedFd<'a>,
+    pub shown: (&'a Path, &'a Path),
+    pub read_only: Option<(&'a Path, &'a str)>,
+    pub view: (&'a Path, &'a Path, Option<&'a str>),
+}
+
+/// Every system call and process operation the s3fs mounter makes, so that its rules (adopt,
+/// sweep, release, timeouts, health) can be tested without root, s3fs or FUSE, over a fake
+/// mount and process table (in the style of youki's `Syscall` trait). [`Linux`] is the real
+/// one. Calls that may block on a FUSE path (`statvfs`, `fuse_ready`, `bind_view`, `unmount`)
+/// are made by the mounter through [`super::bounded`], never on the async threads.
+pub trait Sys: Send + Sync + 'static {
+    /// What holds a process so that signals never reach one that reused its PID.
+    type Pidfd: Send + Sync + std::fmt::Debug + 'static;
+
+    /// The mount table of this process's namespace.
+    fn mounts(&self) -> Vec<MountEntry>;
+    /// See [`unmount`].
+    fn unmount(&self, path: &Path) -> Result<(), String>;
+    /// Bind a volume (see [`BindView`]).
+    fn bind_view(&self, b: BindView<'_>) -> Result<(), MountError>;
+    /// See [`statvfs_ok`].
+    fn statvfs(&self, path: &Path) -> Result<(), Errno>;
+    /// True when `path` is a FUSE mount whose root answers statvfs and can be listed.
+    fn fuse_ready(&self, path: &Path) -> bool;
+    /// Start the (already configured) s3fs command.
+    fn spawn(&self, cmd: Command) -> std::io::Result<Spawned>;
+    /// See [`processes_with_arg`].
+    fn processes_with_arg<T>(
+        &self,
+        program: &str,
+        pick: &dyn Fn(&Path) -> Option<T>,
+    ) -> Vec<(u32, T)>;
+    /// See [`is_alive`].
+    fn pid_alive(&self, pid: u32) -> bool;
+    /// Signal by bare PID (only where no pidfd could be had).
+    fn kill(&self, pid: u32, sig: Signal) -> Result<(), Errno>;
+    /// See [`Pidfd::open`].
+    fn pidfd_open(&self, pid: u32) -> std::io::Result<Self::Pidfd>;
+    /// See [`Pidfd::is_alive`].
+    fn pidfd_alive(&self, fd: &Self::Pidfd) -> bool;
+    /// See [`Pidfd::signal`].
+    fn pidfd_signal(&self, fd: &Self::Pidfd, sig: Signal) -> Result<(), Errno>;
+}
+
+/// The real system: the functions of this module.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Linux;
+
+impl Sys for Linux {
+    type Pidfd = Pidfd;
+
+    fn mounts(&self) -> Vec<MountEntry> {
+        mounts()
+    }
+
+    fn unmount(&self, path: &Path) -> Result<(), String> {
+        unmount(path)
+    }
+
+    fn bind_view(&self, b: BindView<'_>) -> Result<(), MountError> {
+        bind(b.source, b.target, b.shown, b.read_only)
+            .map_err(MountError)
+            .and_then(|()| resolve::check_view(b.view.0, b.view.1, b.view.2))
+    }
+
+    fn statvfs(&self, path: &Path) -> Result<(), Errno> {
+        statvfs_ok(path)
+    }
+
+    fn fuse_ready(&self, path: &Path) -> bool {
+        const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+        let Ok(st) = nix::sys::statfs::statfs(path) else {
+            return false;
+        };
+        if st.filesystem_type().0 != FUSE_SUPER_MAGIC {
+            return false;
+        }
+        fs::read_dir(path).is_ok()
+    }
+
+    fn spawn(&self, mut cmd: Command) -> std::io::Result<Spawned> {
+        let mut child = cmd.spawn()?;
+        Ok(Spawned {
+            pid: child.id().unwrap_or(0),
+            exited: Box::pin(async move { child.wait().await }),
+        })
+    }
+
+    fn processes_with_arg<T>(
+        &self,
+        program: &str,
+        pick: &dyn Fn(&Path) -> Option<T>,
+    ) -> Vec<(u32, T)> {
+        processes_with_arg(program, pick)
+    }
+
+    fn pid_alive(&self, pid: u32) -> bool {
+        is_alive(pid)
+    }
+
+    fn kill(&self, pid: u32, sig: Signal) -> Result<(), Errno> {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig)
+    }
+
+    fn pidfd_open(&self, pid: u32) -> std::io::Result<Pidfd> {
+        Pidfd::open(pid)
+    }
+
+    fn pidfd_alive(&self, fd: &Pidfd) -> bool {
+        fd.is_alive()
+    }
+
+    fn pidfd_signal(&self, fd: &Pidfd, sig: Signal) -> Result<(), Errno> {
+        fd.signal(sig)
+    }
 }
 
 /// True when the error says a FUSE mount's connection is gone (its s3fs died or was aborted):

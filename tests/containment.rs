@@ -16,11 +16,6 @@ use std::time::Duration;
 
 use support::*;
 
-fn mount_ok(d: &Daemon, vol: &str, id: &str) -> PathBuf {
-    d.mount(vol, id)
-        .unwrap_or_else(|e| panic!("Mount {vol} failed: {e}\n{}", d.logs_tail(60)))
-}
-
 /// The whole mount table, for "nothing new was mounted".
 /// The host's mount table as this test sees it: every mount but those of the other tests'
 /// daemons (which run in parallel, each in its own temporary folder).

@@ -26,23 +26,6 @@ fn boolish(v: Option<&Value>) -> Option<bool> {
     }
 }
 
-fn mount_ok(d: &Daemon, vol: &str, id: &str) -> PathBuf {
-    let mp = d
-        .mount(vol, id)
-        .unwrap_or_else(|e| panic!("Mount {vol} (ID {id}) failed: {e}\n{}", d.logs_tail(60)));
-    assert_eq!(
-        mp,
-        d.mountpoint_of(vol),
-        "Mountpoint of {vol} is not <mount-root>/{vol}"
-    );
-    assert!(
-        is_mountpoint(&mp),
-        "Mount of {vol} answered {} but nothing is mounted there",
-        mp.display()
-    );
-    mp
-}
-
 /// Waits until `mp` is no longer a mount point and no s3fs of the daemon is alive.
 fn wait_unmounted(d: &Daemon, mp: &Path) {
     let done = poll(Duration::from_secs(15), || {

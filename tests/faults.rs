@@ -22,19 +22,6 @@ use support::*;
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-fn mount_ok(d: &Daemon, vol: &str, id: &str) -> PathBuf {
-    let mp = d
-        .mount(vol, id)
-        .unwrap_or_else(|e| panic!("Mount {vol} (ID {id}) failed: {e}\n{}", d.logs_tail(60)));
-    assert_eq!(mp, d.mountpoint_of(vol), "Mountpoint of {vol}");
-    assert!(
-        is_mountpoint(&mp),
-        "Mount of {vol} answered {} but nothing is mounted there",
-        mp.display()
-    );
-    mp
-}
-
 /// Live s3fs processes of this daemon that mount `bucket` (s3fs's first argument).
 fn s3fs_of_bucket(d: &Daemon, bucket: &str) -> Vec<i32> {
     d.s3fs_pids()

@@ -23,25 +23,6 @@ use support::*;
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-fn mount_ok(d: &Daemon, vol: &str, id: &str) -> PathBuf {
-    d.mount(vol, id)
-        .unwrap_or_else(|e| panic!("Mount {vol} (ID {id}) failed: {e}\n{}", d.logs_tail(60)))
-}
-
-/// Waits until nothing of the daemon is mounted and no s3fs of it is alive.
-fn wait_nothing_mounted(d: &Daemon, why: &str) {
-    let done = poll(Duration::from_secs(15), || {
-        (d.mounts().is_empty() && d.s3fs_pids().is_empty()).then_some(())
-    });
-    assert!(
-        done.is_some(),
-        "{why}: still mounted {:?}, s3fs {:?}\n{}",
-        d.mounts(),
-        d.s3fs_pids(),
-        d.logs_tail(40)
-    );
-}
-
 /// The store's rows and boot id, as bytes (None when there is no readable store).
 fn state_bytes(d: &Daemon) -> Option<Vec<u8>> {
     store_rows(&d.state_dir).map(|r| format!("{r:?}").into_bytes())
@@ -481,7 +462,7 @@ fn malformed_requests_get_a_clear_err_and_change_nothing() {
     let mp = mount_ok(&d, &vol, &id);
     fs::write(mp.join("after"), b"ok").unwrap();
     unmount_ok(&d, &vol, &id);
-    wait_nothing_mounted(&d, "after the final Unmount");
+    wait_nothing_mounted(&d, "after the final Unmount", Duration::from_secs(15));
     assert!(
         problems.is_empty(),
         "hostile requests:\n{}\n{}",
@@ -820,7 +801,7 @@ fn slow_and_idle_clients_do_not_block_others_and_are_cut() {
     if !d.list_names().contains(&vol) || d.list_names().len() != 1 {
         problems.push(format!("List after the slow clients: {:?}", d.list_names()));
     }
-    wait_nothing_mounted(&d, "after the Unmount");
+    wait_nothing_mounted(&d, "after the Unmount", Duration::from_secs(15));
     assert!(
         problems.is_empty(),
         "slow clients:\n{}\n{}",
@@ -917,7 +898,11 @@ fn three_hundred_simultaneous_clients_are_all_answered() {
         Some(&json!(0)),
         "after all Unmounts: {st}"
     );
-    wait_nothing_mounted(&d, "after every Mount was unmounted");
+    wait_nothing_mounted(
+        &d,
+        "after every Mount was unmounted",
+        Duration::from_secs(15),
+    );
     let keys = s3.s3().list(&b, Some("crowd-")).unwrap();
     assert_eq!(
         keys.len(),
@@ -1213,7 +1198,7 @@ fn the_secret_key_appears_nowhere() {
 
     let v = call("VolumeDriver.Unmount", json!({"Name": vol, "ID": id}));
     assert_eq!(err_text(&v), "", "Unmount: {v}");
-    wait_nothing_mounted(&d, "after the Unmount");
+    wait_nothing_mounted(&d, "after the Unmount", Duration::from_secs(15));
 
     // A failed mount: the bucket is gone between Create and Mount.
     let b2 = unique_name("secret-gone");
@@ -1238,7 +1223,7 @@ fn the_secret_key_appears_nowhere() {
     call("VolumeDriver.Mount", json!({"Name": vol, "ID": id}));
     call("VolumeDriver.List", json!({}));
     argv_hits.extend(argv_containing(&secrets));
-    wait_nothing_mounted(&d, "at the end");
+    wait_nothing_mounted(&d, "at the end", Duration::from_secs(15));
 
     let logs = d.logs();
     assert!(
@@ -1343,7 +1328,7 @@ fn churn_with_unmount_delay_starts_one_s3fs() {
     // The delay then ends the mount on its own.
     let st = d.status(&vol).unwrap();
     assert_eq!(st.get("holders"), Some(&json!(0)), "{st}");
-    wait_nothing_mounted(&d, "3 s after the last Unmount");
+    wait_nothing_mounted(&d, "3 s after the last Unmount", Duration::from_secs(15));
 }
 
 #[test]
@@ -1368,7 +1353,7 @@ fn churn_without_unmount_delay_starts_one_s3fs_per_cycle() {
         "50 Mount/Unmount cycles without an unmount delay started {starts} s3fs\n{}",
         d.logs_tail(40)
     );
-    wait_nothing_mounted(&d, "after the last Unmount");
+    wait_nothing_mounted(&d, "after the last Unmount", Duration::from_secs(15));
 }
 
 #[test]

@@ -10,7 +10,7 @@ mod support;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -20,18 +20,6 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use support::stall::StallProxy;
 use support::*;
-
-fn mount_ok(d: &Daemon, vol: &str, id: &str) -> PathBuf {
-    let mp = d
-        .mount(vol, id)
-        .unwrap_or_else(|e| panic!("Mount {vol} (ID {id}) failed: {e}\n{}", d.logs_tail(60)));
-    assert!(
-        is_mountpoint(&mp),
-        "Mount of {vol}: nothing mounted at {}",
-        mp.display()
-    );
-    mp
-}
 
 /// A process-like writer: one file held open in the volume, a line written and fsync'd every
 /// 50 ms, every error kept.

@@ -140,11 +140,6 @@ fn failures(body: &str, cause: &str) -> f64 {
     )
 }
 
-fn mount_ok(d: &Daemon, vol: &str, id: &str) {
-    d.mount(vol, id)
-        .unwrap_or_else(|e| panic!("Mount {vol} failed: {e}\n{}", d.logs_tail(60)));
-}
-
 /// Scrape until `want` holds of the gauges (they follow s3fs processes that take a moment to
 /// exit or to be seen dead).
 fn scrape_until(

@@ -17,11 +17,6 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use support::*;
 
-fn mount_ok(d: &Daemon, vol: &str, id: &str) -> PathBuf {
-    d.mount(vol, id)
-        .unwrap_or_else(|e| panic!("Mount {vol} (ID {id}) failed: {e}\n{}", d.logs_tail(60)))
-}
-
 enum Answer {
     Ok,
     Err(String),

@@ -109,12 +109,18 @@ impl Drop for Daemon {
 
 /// Waits until nothing of the daemon is mounted and no s3fs of it runs.
 pub fn wait_all_unmounted(d: &Daemon) {
-    let done = poll(Duration::from_secs(20), || {
+    wait_nothing_mounted(d, "after the last Unmount", Duration::from_secs(20));
+}
+
+/// Waits up to `within` until nothing of the daemon is mounted and no s3fs of it runs; the
+/// panic says `why` and carries the daemon's log.
+pub fn wait_nothing_mounted(d: &Daemon, why: &str, within: Duration) {
+    let done = poll(within, || {
         (d.mounts().is_empty() && d.s3fs_pids().is_empty()).then_some(())
     });
     assert!(
         done.is_some(),
-        "after the last Unmount: mounts {:?}, s3fs {:?}\n{}",
+        "{why}: still mounted {:?}, s3fs {:?}\n{}",
         d.mounts()
             .iter()
             .map(|m| m.mount_point.display().to_string())

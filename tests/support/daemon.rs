@@ -429,6 +429,25 @@ pub fn create_ok(d: &Daemon, vol: &str, opts: &[(&str, &str)]) {
         .unwrap_or_else(|e| panic!("Create {vol} {opts:?} failed: {e}\n{}", d.logs_tail(40)));
 }
 
+/// Mount that must succeed, at `<mount-root>/<vol>`, with something mounted there; the panic
+/// carries the daemon's log. Returns the mount point.
+pub fn mount_ok(d: &Daemon, vol: &str, id: &str) -> PathBuf {
+    let mp = d
+        .mount(vol, id)
+        .unwrap_or_else(|e| panic!("Mount {vol} (ID {id}) failed: {e}\n{}", d.logs_tail(60)));
+    assert_eq!(
+        mp,
+        d.mountpoint_of(vol),
+        "Mountpoint of {vol} is not <mount-root>/{vol}"
+    );
+    assert!(
+        is_mountpoint(&mp),
+        "Mount of {vol} answered {} but nothing is mounted there",
+        mp.display()
+    );
+    mp
+}
+
 /// Unmount that must succeed; the panic carries the daemon's log.
 pub fn unmount_ok(d: &Daemon, vol: &str, id: &str) {
     d.unmount(vol, id)

@@ -67,6 +67,7 @@ fn expect_refused(d: &Daemon, bucket: &str, prefix: &str, component: &str, host:
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn links_planted_through_a_mount_never_lead_out_of_the_bucket() {
     let Some((s3, d)) = setup("links_planted_through_a_mount") else {
         return;
@@ -113,6 +114,7 @@ fn links_planted_through_a_mount_never_lead_out_of_the_bucket() {
 const S_IFLNK_0777: &str = "41471"; // 0o120777
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn links_written_as_objects_through_s3_never_lead_out_of_the_bucket() {
     let Some((s3, d)) = setup("links_written_as_objects") else {
         return;
@@ -150,6 +152,7 @@ fn links_written_as_objects_through_s3_never_lead_out_of_the_bucket() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn a_read_only_volume_never_creates_its_prefix() {
     let Some((s3, d)) = setup("a_read_only_volume_never_creates_its_prefix") else {
         return;
@@ -227,6 +230,7 @@ fn mode(p: &Path) -> u32 {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn folders_open_to_local_users_are_refused_at_start_and_left_unchanged() {
     if !prereqs("folders_open_to_local_users") {
         return;
@@ -281,6 +285,7 @@ fn folders_open_to_local_users_are_refused_at_start_and_left_unchanged() {
 const NOBODY: u32 = 65534;
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn a_local_user_cannot_reach_a_mounted_volume() {
     let Some((s3, d)) = setup("a_local_user_cannot_reach_a_mounted_volume") else {
         return;
@@ -326,6 +331,7 @@ fn free_mib(p: &Path) -> u64 {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn a_huge_write_never_fills_the_state_folders_disk() {
     if !prereqs("a_huge_write_never_fills_the_state_folders_disk") {
         return;
@@ -459,6 +465,7 @@ fn libc_enospc() -> i32 {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn an_endpoint_with_user_info_is_refused_without_quoting_it() {
     if !prereqs("an_endpoint_with_user_info_is_refused") {
         return;
@@ -483,6 +490,7 @@ fn an_endpoint_with_user_info_is_refused_without_quoting_it() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn backends_that_differ_only_across_field_boundaries_get_their_own_s3fs() {
     let Some((s3, d)) = setup("backends_across_field_boundaries") else {
         return;

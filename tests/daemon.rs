@@ -82,6 +82,7 @@ fn s3_poll(s3: &S3Server, bucket: &str, key: &str, want: &[u8]) {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn activate_capabilities_create_get_list_remove() {
     let Some((s3, d)) = setup("activate_capabilities_create_get_list_remove") else {
         return;
@@ -180,6 +181,7 @@ fn activate_capabilities_create_get_list_remove() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn file_written_through_the_mount_appears_as_an_object() {
     let Some((s3, d)) = setup("file_written_through_the_mount_appears_as_an_object") else {
         return;
@@ -203,6 +205,7 @@ fn file_written_through_the_mount_appears_as_an_object() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn object_put_through_s3_appears_in_the_mount() {
     let Some((s3, d)) = setup("object_put_through_s3_appears_in_the_mount") else {
         return;
@@ -232,6 +235,7 @@ fn object_put_through_s3_appears_in_the_mount() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn two_ids_share_one_s3fs() {
     let Some((s3, d)) = setup("two_ids_share_one_s3fs") else {
         return;
@@ -269,6 +273,7 @@ fn two_ids_share_one_s3fs() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn compat_dir_false_runs_its_own_s3fs_and_serves_what_the_mount_wrote() {
     let Some((s3, d)) = setup("compat_dir_false_runs_its_own_s3fs_and_serves_what_the_mount_wrote")
     else {
@@ -316,6 +321,7 @@ fn compat_dir_false_runs_its_own_s3fs_and_serves_what_the_mount_wrote() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn the_same_id_twice_needs_two_unmounts() {
     let Some((s3, d)) = setup("the_same_id_twice_needs_two_unmounts") else {
         return;
@@ -346,6 +352,7 @@ fn the_same_id_twice_needs_two_unmounts() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn the_last_unmount_unmounts_and_s3fs_exits() {
     let Some((s3, d)) = setup("the_last_unmount_unmounts_and_s3fs_exits") else {
         return;
@@ -396,6 +403,7 @@ fn the_last_unmount_unmounts_and_s3fs_exits() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn concurrent_mounts_of_one_volume_share_one_s3fs() {
     let Some((s3, d)) = setup("concurrent_mounts_of_one_volume_share_one_s3fs") else {
         return;
@@ -442,6 +450,7 @@ fn concurrent_mounts_of_one_volume_share_one_s3fs() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn ro_volume_writes_fail_with_erofs() {
     let Some((s3, d)) = setup("ro_volume_writes_fail_with_erofs") else {
         return;
@@ -489,6 +498,7 @@ fn ro_volume_writes_fail_with_erofs() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn prefix_shows_only_its_prefix_and_writes_land_under_it() {
     let Some((s3, d)) = setup("prefix_shows_only_its_prefix_and_writes_land_under_it") else {
         return;
@@ -534,6 +544,7 @@ fn prefix_shows_only_its_prefix_and_writes_land_under_it() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn uid_gid_umask_as_asked() {
     let Some((s3, d)) = setup("uid_gid_umask_as_asked") else {
         return;
@@ -632,6 +643,7 @@ fn assert_nothing_left(d: &Daemon, name: &str, problems: &mut Vec<String>, what:
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn refused_options_name_the_offending_key_or_value() {
     let Some((s3, d)) = setup("refused_options_name_the_offending_key_or_value") else {
         return;
@@ -689,6 +701,7 @@ fn refused_options_name_the_offending_key_or_value() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn refused_volume_names() {
     let Some((s3, d)) = setup("refused_volume_names") else {
         return;
@@ -746,6 +759,7 @@ fn refused_volume_names() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn missing_bucket_is_refused_unless_create_bucket() {
     let Some((s3, d)) = setup("missing_bucket_is_refused_unless_create_bucket") else {
         return;
@@ -790,6 +804,7 @@ fn missing_bucket_is_refused_unless_create_bucket() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn create_again_same_options_ok_different_options_refused() {
     let Some((s3, d)) = setup("create_again_same_options_ok_different_options_refused") else {
         return;
@@ -829,6 +844,7 @@ fn create_again_same_options_ok_different_options_refused() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn remove_while_held_is_refused() {
     let Some((s3, d)) = setup("remove_while_held_is_refused") else {
         return;
@@ -863,6 +879,7 @@ fn remove_while_held_is_refused() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn unmount_of_an_unknown_id_succeeds() {
     let Some((s3, d)) = setup("unmount_of_an_unknown_id_succeeds") else {
         return;
@@ -887,6 +904,7 @@ fn unmount_of_an_unknown_id_succeeds() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn get_and_list_answer_while_the_object_store_is_down() {
     if !prereqs("get_and_list_answer_while_the_object_store_is_down") {
         return;
@@ -946,6 +964,7 @@ fn get_and_list_answer_while_the_object_store_is_down() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn daemon_killed_and_restarted_keeps_mount_and_holders() {
     let Some((s3, mut d)) = setup("daemon_killed_and_restarted_keeps_mount_and_holders") else {
         return;
@@ -1012,6 +1031,7 @@ fn daemon_killed_and_restarted_keeps_mount_and_holders() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn a_killed_s3fs_is_detected_and_the_next_mount_remounts() {
     let Some((s3, d)) = setup("a_killed_s3fs_is_detected_and_the_next_mount_remounts") else {
         return;
@@ -1089,6 +1109,7 @@ fn create_within_15s(d: &Daemon, vol: &str, opts: &[(&str, &str)], what: &str) {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn backends_file_is_reread_when_it_changes() {
     let Some((s3, d)) = setup("backends_file_is_reread_when_it_changes") else {
         return;
@@ -1138,6 +1159,7 @@ fn files_containing(dir: &Path, needle: &str, out: &mut Vec<PathBuf>) {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn no_secret_in_logs_argv_status_or_state() {
     let Some((s3, d)) = setup("no_secret_in_logs_argv_status_or_state") else {
         return;
@@ -1199,6 +1221,7 @@ fn no_secret_in_logs_argv_status_or_state() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn a_backends_file_open_to_others_is_refused() {
     let Some((s3, mut d)) = setup("a_backends_file_open_to_others_is_refused") else {
         return;

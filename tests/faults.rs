@@ -126,6 +126,7 @@ impl CrashModel {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn daemon_killed_at_random_points_keeps_volumes_mounts_and_counts() {
     let Some((s3, mut d)) = setup("daemon_killed_at_random_points_keeps_volumes_mounts_and_counts")
     else {
@@ -499,6 +500,7 @@ fn check_crash_invariants(
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn killed_s3fs_is_shown_stale_and_remounted_by_the_health_check() {
     let Some((s3, d)) = setup_with(
         "killed_s3fs_is_shown_stale_and_remounted_by_the_health_check",
@@ -602,6 +604,7 @@ fn killed_s3fs_is_shown_stale_and_remounted_by_the_health_check() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn object_store_down_create_and_mount_fail_in_bounded_time_and_leave_nothing() {
     if !prereqs("object_store_down_create_and_mount_fail_in_bounded_time_and_leave_nothing") {
         return;
@@ -749,6 +752,7 @@ fn run(cmd: &str, args: &[&str]) {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn read_only_state_folder_refuses_changes_and_keeps_the_file() {
     let Some((s3, d)) = setup("read_only_state_folder_refuses_changes_and_keeps_the_file") else {
         return;
@@ -872,6 +876,7 @@ impl Drop for Immutable {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn full_state_folder_refuses_changes_and_keeps_the_file() {
     let Some((s3, mut d)) = setup("full_state_folder_refuses_changes_and_keeps_the_file") else {
         return;
@@ -986,6 +991,7 @@ fn three_volumes(s3: &S3Server, d: &mut Daemon, tag: &str) -> Vec<String> {
 
 /// The JSON state file of an earlier version, truncated, is imported as far as it can be read.
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn truncated_state_file_serves_what_it_can_and_keeps_a_copy() {
     let Some((s3, mut d)) = setup("truncated_state_file_serves_what_it_can_and_keeps_a_copy")
     else {
@@ -1050,6 +1056,7 @@ fn truncated_state_file_serves_what_it_can_and_keeps_a_copy() {
 
 /// A store that is no database at all: kept aside, the daemon starts on a new one.
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn garbage_state_file_starts_empty_and_keeps_a_copy() {
     let Some((s3, mut d)) = setup("garbage_state_file_starts_empty_and_keeps_a_copy") else {
         return;
@@ -1100,6 +1107,7 @@ fn garbage_state_file_starts_empty_and_keeps_a_copy() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn backends_file_changed_while_mounted_old_mount_stays_new_mounts_follow() {
     if !prereqs("backends_file_changed_while_mounted_old_mount_stays_new_mounts_follow") {
         return;
@@ -1220,6 +1228,7 @@ impl StressModel {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn stress_parallel_clients_keep_counts_and_one_s3fs_per_bucket() {
     let Some((s3, d)) = setup("stress_parallel_clients_keep_counts_and_one_s3fs_per_bucket") else {
         return;
@@ -1601,6 +1610,7 @@ fn assert_mount_root_empty(d: &Daemon) {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn racing_last_holder_unmounts_and_the_docker_cp_pattern() {
     let Some((s3, d)) = setup("racing_last_holder_unmounts_and_the_docker_cp_pattern") else {
         return;

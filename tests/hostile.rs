@@ -176,6 +176,7 @@ struct Case {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn malformed_requests_get_a_clear_err_and_change_nothing() {
     let Some((s3, d)) = setup("malformed_requests_get_a_clear_err_and_change_nothing") else {
         return;
@@ -476,6 +477,7 @@ fn malformed_requests_get_a_clear_err_and_change_nothing() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn hostile_names_and_options_are_refused_naming_them() {
     let Some((s3, d)) = setup("hostile_names_and_options_are_refused_naming_them") else {
         return;
@@ -700,6 +702,7 @@ fn slow_client(
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn slow_and_idle_clients_do_not_block_others_and_are_cut() {
     let Some((s3, d)) = setup("slow_and_idle_clients_do_not_block_others_and_are_cut") else {
         return;
@@ -815,6 +818,7 @@ fn slow_and_idle_clients_do_not_block_others_and_are_cut() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn three_hundred_simultaneous_clients_are_all_answered() {
     let Some((s3, d)) = setup("three_hundred_simultaneous_clients_are_all_answered") else {
         return;
@@ -953,6 +957,7 @@ fn mode(p: &Path) -> u32 {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn an_unprivileged_client_is_refused() {
     let Some((s3, mut d)) = setup("an_unprivileged_client_is_refused") else {
         return;
@@ -1123,6 +1128,7 @@ fn argv_containing(needles: &[&str]) -> Vec<String> {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn the_secret_key_appears_nowhere() {
     let Some((s3, d)) = setup("the_secret_key_appears_nowhere") else {
         return;
@@ -1299,6 +1305,7 @@ fn s3fs_starts(d: &Daemon, from: usize) -> usize {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn churn_with_unmount_delay_starts_one_s3fs() {
     let Some((s3, d)) = setup_with(
         "churn_with_unmount_delay_starts_one_s3fs",
@@ -1332,6 +1339,7 @@ fn churn_with_unmount_delay_starts_one_s3fs() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn churn_without_unmount_delay_starts_one_s3fs_per_cycle() {
     let Some((s3, d)) = setup("churn_without_unmount_delay_starts_one_s3fs_per_cycle") else {
         return;
@@ -1357,6 +1365,7 @@ fn churn_without_unmount_delay_starts_one_s3fs_per_cycle() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn remove_during_the_unmount_delay_ends_the_wait() {
     let Some((s3, d)) = setup_with(
         "remove_during_the_unmount_delay_ends_the_wait",
@@ -1393,6 +1402,7 @@ fn remove_during_the_unmount_delay_ends_the_wait() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn sigterm_during_the_unmount_delay_ends_the_wait() {
     let Some((s3, mut d)) = setup_with(
         "sigterm_during_the_unmount_delay_ends_the_wait",

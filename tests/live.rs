@@ -123,6 +123,7 @@ fn wait_adopted(d: &Daemon, vol: &str, holders_want: u64) -> serde_json::Value {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn a_restart_with_the_backends_file_broken_keeps_live_mounts_and_their_writers() {
     let Some((s3, mut d)) = setup("a_restart_with_the_backends_file_broken_keeps_live_mounts")
     else {
@@ -183,6 +184,7 @@ fn a_restart_with_the_backends_file_broken_keeps_live_mounts_and_their_writers()
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn a_slow_s3fs_is_shown_slow_and_left_alone() {
     let Some((s3, d)) = setup_with(
         "a_slow_s3fs_is_shown_slow_and_left_alone",
@@ -233,6 +235,7 @@ fn a_slow_s3fs_is_shown_slow_and_left_alone() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn a_wedged_s3fs_blocks_only_mounts_of_itself() {
     let Some((s3, mut d)) = setup_with(
         "a_wedged_s3fs_blocks_only_mounts_of_itself",
@@ -330,6 +333,7 @@ fn a_wedged_s3fs_blocks_only_mounts_of_itself() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn a_mount_timed_out_on_a_stalled_store_leaves_nothing_and_poisons_nothing() {
     if !prereqs("a_mount_timed_out_on_a_stalled_store_leaves_nothing") {
         return;

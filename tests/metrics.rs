@@ -164,6 +164,7 @@ fn scrape_until(
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn metrics_follow_mounts_failures_repairs_and_adoptions() {
     let test = "metrics_follow_mounts_failures_repairs_and_adoptions";
     if !promtool_present(test) {
@@ -297,6 +298,7 @@ fn metrics_follow_mounts_failures_repairs_and_adoptions() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn metrics_are_off_by_default_and_a_bad_address_is_refused() {
     let test = "metrics_are_off_by_default_and_a_bad_address_is_refused";
     let Some((_s3, mut d)) = setup(test) else {
@@ -346,6 +348,7 @@ fn metrics_are_off_by_default_and_a_bad_address_is_refused() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn the_health_check_counts_its_repairs() {
     let test = "the_health_check_counts_its_repairs";
     if !promtool_present(test) {

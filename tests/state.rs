@@ -42,6 +42,7 @@ fn call(d: &Daemon, method: &str, body: Value) -> Answer {
 /// that release's own format, with holders and live mounts): imported, kept aside, the same
 /// volumes served and the same s3fs re-adopted; the old holders' Unmounts still unmount.
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn a_state_folder_of_the_json_release_is_imported_with_its_live_mounts() {
     let Some((s3, mut d)) = setup("a_state_folder_of_the_json_release_is_imported") else {
         return;
@@ -123,6 +124,7 @@ fn a_state_folder_of_the_json_release_is_imported_with_its_live_mounts() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn a_second_daemon_on_the_same_state_folder_is_refused_naming_the_first() {
     let Some((_s3, d)) = setup("a_second_daemon_on_the_same_state_folder_is_refused") else {
         return;
@@ -282,6 +284,7 @@ fn listed_holders(d: &Daemon) -> BTreeMap<String, u64> {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn daemon_killed_during_a_burst_of_creates_and_mounts_loses_nothing_acknowledged() {
     let Some((s3, mut d)) = setup("daemon_killed_during_a_burst_of_creates_and_mounts") else {
         return;
@@ -480,6 +483,7 @@ fn power_cut_prereqs(test: &str) -> bool {
 /// another boot id (the kernel's cannot change without a reboot); the mounts and s3fs that a
 /// power cut ends are ended by the test.
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn power_cut_of_the_state_disk_loses_no_acknowledged_create_or_remove() {
     const TEST: &str = "power_cut_of_the_state_disk_loses_no_acknowledged_create_or_remove";
     if !prereqs(TEST) || !power_cut_prereqs(TEST) {

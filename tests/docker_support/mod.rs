@@ -245,7 +245,8 @@ pub struct E2e {
 }
 
 /// Starts an end-to-end test: None (after a SKIP line) when a prerequisite is missing and CI is
-/// not `true`; under `CI=true` a missing prerequisite panics.
+/// not `true`; under `CI=true` a missing prerequisite panics. The tests that call it are also
+/// marked `#[cfg_attr(not(bai_s3_docker), ignore = ..)]` (set by `build.rs`).
 pub fn e2e(test: &str) -> Option<E2e> {
     let lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let missing = PREREQS.get_or_init(missing_prereqs);

@@ -65,20 +65,6 @@ fn read_poll(path: &Path, want: &[u8]) {
     }
 }
 
-fn s3_poll(s3: &S3Server, bucket: &str, key: &str, want: &[u8]) {
-    let mut last = Ok(None);
-    let got = poll(Duration::from_secs(10), || {
-        last = s3.s3().get(bucket, key);
-        matches!(&last, Ok(Some(b)) if b == want).then_some(())
-    });
-    if got.is_none() {
-        panic!(
-            "object {bucket}/{key} is not {:?} through S3: {last:?}",
-            String::from_utf8_lossy(want)
-        );
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 
 #[test]
@@ -195,13 +181,19 @@ fn file_written_through_the_mount_appears_as_an_object() {
     fs::write(mp.join("hello.bin"), &data).unwrap();
     fs::create_dir(mp.join("sub")).unwrap();
     fs::write(mp.join("sub/note.txt"), b"in a folder").unwrap();
-    s3_poll(s3, &b, "hello.bin", &data);
-    s3_poll(s3, &b, "sub/note.txt", b"in a folder");
+    s3_poll(s3, &b, "hello.bin", &data, Duration::from_secs(10));
+    s3_poll(
+        s3,
+        &b,
+        "sub/note.txt",
+        b"in a folder",
+        Duration::from_secs(10),
+    );
     assert_eq!(fs::read(mp.join("hello.bin")).unwrap(), data);
     unmount_ok(&d, &vol, &id);
     wait_unmounted(&d, &mp);
     // The data stays in the bucket.
-    s3_poll(s3, &b, "hello.bin", &data);
+    s3_poll(s3, &b, "hello.bin", &data, Duration::from_secs(10));
 }
 
 #[test]
@@ -533,7 +525,13 @@ fn prefix_shows_only_its_prefix_and_writes_land_under_it() {
     assert_eq!(fs::read(mp.join("a.txt")).unwrap(), b"alpha");
     assert_eq!(fs::read(mp.join("sub/s.txt")).unwrap(), b"sub");
     fs::write(mp.join("new.txt"), b"written").unwrap();
-    s3_poll(s3, &b, "team/alpha/new.txt", b"written");
+    s3_poll(
+        s3,
+        &b,
+        "team/alpha/new.txt",
+        b"written",
+        Duration::from_secs(10),
+    );
     assert_eq!(
         s3.s3().get(&b, "new.txt").unwrap(),
         None,
@@ -621,7 +619,13 @@ fn uid_gid_umask_as_asked() {
         "uid 1000 could not write: {} {err_s}",
         out.status
     );
-    s3_poll(s3, &b, "by-1000.txt", b"from-1000\n");
+    s3_poll(
+        s3,
+        &b,
+        "by-1000.txt",
+        b"from-1000\n",
+        Duration::from_secs(10),
+    );
 }
 
 /// Checks that a refused Create left nothing behind.
@@ -800,7 +804,7 @@ fn missing_bucket_is_refused_unless_create_bucket() {
     fs::write(mp.join("f"), b"f").unwrap();
     unmount_ok(&d, &vol, &id);
     wait_unmounted(&d, &mp);
-    s3_poll(s3, &b, "f", b"f");
+    s3_poll(s3, &b, "f", b"f", Duration::from_secs(10));
 }
 
 #[test]
@@ -875,7 +879,7 @@ fn remove_while_held_is_refused() {
     d.remove(&vol).unwrap();
     assert!(!d.list_names().contains(&vol));
     // Remove never deletes data.
-    s3_poll(s3, &b, "keep.txt", b"keep");
+    s3_poll(s3, &b, "keep.txt", b"keep", Duration::from_secs(10));
 }
 
 #[test]
@@ -1012,7 +1016,7 @@ fn daemon_killed_and_restarted_keeps_mount_and_holders() {
         "a Mount after restart started a second s3fs"
     );
     fs::write(mp.join("after.txt"), b"after").unwrap();
-    s3_poll(s3, &b, "after.txt", b"after");
+    s3_poll(s3, &b, "after.txt", b"after", Duration::from_secs(10));
     unmount_ok(&d, &vol, &c);
     unmount_ok(&d, &vol, &a);
     assert!(
@@ -1072,7 +1076,7 @@ fn a_killed_s3fs_is_detected_and_the_next_mount_remounts() {
     fs::write(mp.join("two.txt"), b"two").unwrap();
     assert_eq!(fs::read(mp.join("two.txt")).unwrap(), b"two");
     assert_eq!(fs::read(mp.join("one.txt")).unwrap(), b"one");
-    s3_poll(s3, &b, "two.txt", b"two");
+    s3_poll(s3, &b, "two.txt", b"two", Duration::from_secs(10));
     let new_pid = one_s3fs(&d);
     assert_ne!(new_pid, pid);
     assert_eq!(

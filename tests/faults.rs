@@ -44,41 +44,6 @@ fn s3fs_per_bucket(d: &Daemon) -> BTreeMap<String, usize> {
     m
 }
 
-fn s3_poll(s3: &S3Server, bucket: &str, key: &str, want: &[u8]) {
-    let mut last = Ok(None);
-    let got = poll(Duration::from_secs(15), || {
-        last = s3.s3().get(bucket, key);
-        matches!(&last, Ok(Some(b)) if b == want).then_some(())
-    });
-    if got.is_none() {
-        panic!(
-            "object {bucket}/{key} is not {:?} on {}: {last:?}",
-            String::from_utf8_lossy(want),
-            s3.endpoint
-        );
-    }
-}
-
-/// The outcome of one protocol call, with a dead or dying daemon allowed.
-#[derive(Debug)]
-enum Answer {
-    Ok,
-    /// Answered with an error.
-    Err(String),
-    /// No answer: the connection failed or broke (the daemon was killed).
-    None(String),
-}
-
-fn raw_call(socket: &Path, method: &str, body: &Value) -> Answer {
-    match plugin_call(socket, method, &body.to_string()) {
-        Ok((st, v)) => match result_of(st, &v) {
-            Ok(_) => Answer::Ok,
-            Err(e) => Answer::Err(e),
-        },
-        Err(e) => Answer::None(e.to_string()),
-    }
-}
-
 fn lines_matching(d: &Daemon, needle: &str) -> Vec<String> {
     d.logs()
         .lines()
@@ -224,7 +189,7 @@ fn daemon_killed_at_random_points_keeps_volumes_mounts_and_counts() {
                     Op::Mount => "VolumeDriver.Mount",
                     Op::Unmount => "VolumeDriver.Unmount",
                 };
-                let ans = raw_call(
+                let ans = answer(
                     &socket,
                     method,
                     &json!({"Name": names_c[v], "ID": ids_c[i]}),
@@ -514,7 +479,7 @@ fn killed_s3fs_is_shown_stale_and_remounted_by_the_health_check() {
     let id = new_id();
     let mp = mount_ok(&d, &vol, &id);
     fs::write(mp.join("before.txt"), b"before").unwrap();
-    s3_poll(s3, &b, "before.txt", b"before");
+    s3_poll(s3, &b, "before.txt", b"before", Duration::from_secs(15));
 
     // The health check may repair the mount within a second; Get must show "stale" in
     // between. Try a few kills, so that a kill landing just before a check does not fail the
@@ -580,7 +545,7 @@ fn killed_s3fs_is_shown_stale_and_remounted_by_the_health_check() {
     assert_eq!(fs::read(mp.join("before.txt")).unwrap(), b"before");
     fs::write(mp.join("after.txt"), b"after").unwrap();
     fs::create_dir(mp.join("newdir")).unwrap();
-    s3_poll(s3, &b, "after.txt", b"after");
+    s3_poll(s3, &b, "after.txt", b"after", Duration::from_secs(15));
     assert_eq!(
         mounts_under(&mp).len(),
         1,
@@ -620,7 +585,13 @@ fn object_store_down_create_and_mount_fail_in_bounded_time_and_leave_nothing() {
     let id_pre = new_id();
     let mp_pre = mount_ok(&d, &vol_pre, &id_pre);
     fs::write(mp_pre.join("before.txt"), b"before").unwrap();
-    s3_poll(&srv, &b_pre, "before.txt", b"before");
+    s3_poll(
+        &srv,
+        &b_pre,
+        "before.txt",
+        b"before",
+        Duration::from_secs(15),
+    );
 
     srv.stop();
 
@@ -719,7 +690,7 @@ fn object_store_down_create_and_mount_fail_in_bounded_time_and_leave_nothing() {
         back.is_some(),
         "the mount made before the outage does not work after it: {last}"
     );
-    s3_poll(&srv, &b_pre, "after.txt", b"after");
+    s3_poll(&srv, &b_pre, "after.txt", b"after", Duration::from_secs(15));
     // And the volume that failed to mount mounts now.
     let id_new = new_id();
     mount_ok(&d, &vol_new, &id_new);
@@ -1123,7 +1094,7 @@ fn backends_file_changed_while_mounted_old_mount_stays_new_mounts_follow() {
     let a = new_id();
     let mp1 = mount_ok(&d, &v1, &a);
     fs::write(mp1.join("v1-before.txt"), b"old").unwrap();
-    s3_poll(old, &b, "v1-before.txt", b"old");
+    s3_poll(old, &b, "v1-before.txt", b"old", Duration::from_secs(15));
     let pid1 = s3fs_of_bucket(&d, &b);
     assert_eq!(pid1.len(), 1);
 
@@ -1134,7 +1105,7 @@ fn backends_file_changed_while_mounted_old_mount_stays_new_mounts_follow() {
     let bb = new_id();
     let mp2 = mount_ok(&d, &v2, &bb);
     fs::write(mp2.join("v2.txt"), b"new").unwrap();
-    s3_poll(&new, &b, "v2.txt", b"new");
+    s3_poll(&new, &b, "v2.txt", b"new", Duration::from_secs(15));
     assert_eq!(
         old.s3().get(&b, "v2.txt").unwrap(),
         None,
@@ -1142,7 +1113,13 @@ fn backends_file_changed_while_mounted_old_mount_stays_new_mounts_follow() {
     );
     // The existing mount is untouched: same s3fs, still the old server.
     fs::write(mp1.join("v1-after.txt"), b"old-after").unwrap();
-    s3_poll(old, &b, "v1-after.txt", b"old-after");
+    s3_poll(
+        old,
+        &b,
+        "v1-after.txt",
+        b"old-after",
+        Duration::from_secs(15),
+    );
     assert_eq!(new.s3().get(&b, "v1-after.txt").unwrap(), None);
     assert!(fs::read_dir(&mp1)
         .unwrap()
@@ -1165,7 +1142,7 @@ fn backends_file_changed_while_mounted_old_mount_stays_new_mounts_follow() {
     let c = new_id();
     let mp3 = mount_ok(&d, &v3, &c);
     fs::write(mp3.join("v3.txt"), b"v3").unwrap();
-    s3_poll(&new, &b3, "v3.txt", b"v3");
+    s3_poll(&new, &b3, "v3.txt", b"v3", Duration::from_secs(15));
     let said = lines_matching(&d, "keeping the last good configuration");
     assert!(
         said.iter()

@@ -17,23 +17,6 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use support::*;
 
-enum Answer {
-    Ok,
-    Err(String),
-    /// No answer: the daemon was killed (or its disk went away) during the call.
-    None,
-}
-
-fn call(d: &Daemon, method: &str, body: Value) -> Answer {
-    match plugin_call(&d.socket, method, &body.to_string()) {
-        Ok((st, v)) => match result_of(st, &v) {
-            Ok(_) => Answer::Ok,
-            Err(e) => Answer::Err(e),
-        },
-        Err(_) => Answer::None,
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Upgrade from the JSON state file
 // ---------------------------------------------------------------------------------------------
@@ -201,10 +184,10 @@ fn wait_for_creates(model: &Mutex<Burst>, n: usize) {
 fn burst_client(d: &Daemon, bucket: &str, tag: &str, m: &Mutex<Burst>, stop_on_err: bool) {
     for n in 0.. {
         let vol = format!("{tag}-{n:03}");
-        match call(
-            d,
+        match answer(
+            &d.socket,
             "VolumeDriver.Create",
-            json!({"Name": vol, "Opts": {"bucket": bucket}}),
+            &json!({"Name": vol, "Opts": {"bucket": bucket}}),
         ) {
             Answer::Ok => {
                 let mut m = m.lock().unwrap();
@@ -219,7 +202,7 @@ fn burst_client(d: &Daemon, bucket: &str, tag: &str, m: &Mutex<Burst>, stop_on_e
                 }
                 return;
             }
-            Answer::None => {
+            Answer::None(_) => {
                 m.lock()
                     .unwrap()
                     .unknown
@@ -229,7 +212,11 @@ fn burst_client(d: &Daemon, bucket: &str, tag: &str, m: &Mutex<Burst>, stop_on_e
         }
         for k in 0..(1 + n % 2) {
             let id = format!("{tag}-id{k}");
-            match call(d, "VolumeDriver.Mount", json!({"Name": vol, "ID": id})) {
+            match answer(
+                &d.socket,
+                "VolumeDriver.Mount",
+                &json!({"Name": vol, "ID": id}),
+            ) {
                 Answer::Ok => {
                     let mut m = m.lock().unwrap();
                     *m.held
@@ -247,7 +234,7 @@ fn burst_client(d: &Daemon, bucket: &str, tag: &str, m: &Mutex<Burst>, stop_on_e
                     }
                     return;
                 }
-                Answer::None => {
+                Answer::None(_) => {
                     m.lock().unwrap().unknown.push(("Mount", vol.clone(), id));
                     return;
                 }
@@ -508,7 +495,7 @@ fn power_cut_of_the_state_disk_loses_no_acknowledged_create_or_remove() {
         let olds: Vec<String> = created.keys().cloned().collect();
         let mut removals = Vec::new();
         for v in olds.iter().filter(|_| rng.below(3) == 0) {
-            if let Answer::Ok = call(&d, "VolumeDriver.Remove", json!({"Name": v})) {
+            if let Answer::Ok = answer(&d.socket, "VolumeDriver.Remove", &json!({"Name": v})) {
                 removals.push(v.clone());
             }
         }

@@ -113,3 +113,25 @@ pub fn result_of(status: u16, v: &Value) -> Result<Value, String> {
     }
     Ok(v.clone())
 }
+
+/// The outcome of one protocol call, with a dead or dying daemon allowed.
+#[derive(Debug)]
+pub enum Answer {
+    Ok,
+    /// Answered with an error.
+    Err(String),
+    /// No answer: the connection failed or broke (the daemon was killed, or its disk went away,
+    /// during the call).
+    None(String),
+}
+
+/// A call to a daemon that may die while it answers.
+pub fn answer(socket: &Path, method: &str, body: &Value) -> Answer {
+    match plugin_call(socket, method, &body.to_string()) {
+        Ok((st, v)) => match result_of(st, &v) {
+            Ok(_) => Answer::Ok,
+            Err(e) => Answer::Err(e),
+        },
+        Err(e) => Answer::None(e.to_string()),
+    }
+}

@@ -315,3 +315,19 @@ impl Drop for S3Server {
         self.stop();
     }
 }
+
+/// Polls until object `bucket`/`key` of `s3` reads `want` through S3, or panics after `within`.
+pub fn s3_poll(s3: &S3Server, bucket: &str, key: &str, want: &[u8], within: Duration) {
+    let mut last = Ok(None);
+    let got = poll(within, || {
+        last = s3.s3().get(bucket, key);
+        matches!(&last, Ok(Some(b)) if b == want).then_some(())
+    });
+    if got.is_none() {
+        panic!(
+            "object {bucket}/{key} is not {:?} on {}: {last:?}",
+            String::from_utf8_lossy(want),
+            s3.endpoint
+        );
+    }
+}

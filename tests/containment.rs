@@ -191,18 +191,7 @@ fn a_read_only_volume_never_creates_its_prefix() {
 
 /// `bai-s3 serve` with these folders, which must refuse to start; returns its stderr.
 fn refused_start(dir: &Path, state: &Path, root: &Path) -> String {
-    let mut child = Command::new(daemon_bin())
-        .arg("serve")
-        .arg("--socket")
-        .arg(dir.join("s.sock"))
-        .arg("--state-dir")
-        .arg(state)
-        .arg("--mount-root")
-        .arg(root)
-        .arg("--config")
-        .arg(dir.join("none.toml"))
-        .env_remove("BAI_S3_STATE_DIR")
-        .env_remove("BAI_S3_MOUNT_ROOT")
+    let mut child = serve_command(&dir.join("s.sock"), state, root, &dir.join("none.toml"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

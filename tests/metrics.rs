@@ -326,18 +326,15 @@ fn metrics_are_off_by_default_and_a_bad_address_is_refused() {
     // A port that is taken is an error at start-up, not a daemon without its metrics.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let out = Command::new(daemon_bin())
-        .args(["serve", "--metrics-addr", &addr])
-        .arg("--socket")
-        .arg(d.dir.join("other.sock"))
-        .arg("--state-dir")
-        .arg(&d.state_dir)
-        .arg("--mount-root")
-        .arg(&d.mount_root)
-        .arg("--config")
-        .arg(&d.config)
-        .output()
-        .unwrap();
+    let out = serve_command(
+        &d.dir.join("other.sock"),
+        &d.state_dir,
+        &d.mount_root,
+        &d.config,
+    )
+    .args(["--metrics-addr", &addr])
+    .output()
+    .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

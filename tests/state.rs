@@ -115,16 +115,7 @@ fn a_second_daemon_on_the_same_state_folder_is_refused_naming_the_first() {
     let other = d.dir.join("second");
     fs::create_dir_all(&other).unwrap();
     let sock = other.join("second.sock");
-    let child = Command::new(daemon_bin())
-        .arg("serve")
-        .arg("--socket")
-        .arg(&sock)
-        .arg("--state-dir")
-        .arg(&d.state_dir)
-        .arg("--mount-root")
-        .arg(other.join("volumes"))
-        .arg("--config")
-        .arg(&d.config)
+    let child = serve_command(&sock, &d.state_dir, &other.join("volumes"), &d.config)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

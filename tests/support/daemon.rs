@@ -51,6 +51,27 @@ pub fn write_private_file(path: &Path, content: &str) {
     fs::rename(&tmp, path).unwrap();
 }
 
+/// `bai-s3 serve` on these folders, its settings from its flags only (none from the developer's
+/// environment: no `BAI_S3_*`, no `RUST_LOG`).
+pub fn serve_command(socket: &Path, state_dir: &Path, mount_root: &Path, config: &Path) -> Command {
+    let mut cmd = Command::new(daemon_bin());
+    cmd.arg("serve")
+        .arg("--socket")
+        .arg(socket)
+        .arg("--state-dir")
+        .arg(state_dir)
+        .arg("--mount-root")
+        .arg(mount_root)
+        .arg("--config")
+        .arg(config);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("BAI_S3_") || k == "RUST_LOG" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
 /// One `bai-s3 serve` with its own socket, state dir, mount root and backends file, all in a
 /// temporary directory. Drop stops it and removes every mount and s3fs it left, then checks that
 /// nothing is left (and, unless told otherwise, that the test itself left no s3fs or mount).
@@ -129,17 +150,13 @@ impl Daemon {
             .open(&self.log)
             .unwrap();
         let _ = writeln!(&logf, "===== test harness: starting bai-s3 serve =====");
-        let mut cmd = Command::new(daemon_bin());
-        cmd.arg("serve")
-            .arg("--socket")
-            .arg(&self.socket)
-            .arg("--state-dir")
-            .arg(&self.state_dir)
-            .arg("--mount-root")
-            .arg(&self.mount_root)
-            .arg("--config")
-            .arg(&self.config)
-            .arg("--mount-timeout")
+        let mut cmd = serve_command(
+            &self.socket,
+            &self.state_dir,
+            &self.mount_root,
+            &self.config,
+        );
+        cmd.arg("--mount-timeout")
             .arg("20")
             .arg("--unmount-delay")
             .arg("0")
@@ -151,12 +168,6 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(logf.try_clone().unwrap())
             .stderr(logf);
-        // Settings come from the flags above only, not from the developer's environment.
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("BAI_S3_") || k == "RUST_LOG" {
-                cmd.env_remove(k);
-            }
-        }
         // Safety net if the test process dies without running Drop. (The daemon is spawned and
         // dropped by the same test thread, so the thread-scoped parent-death signal is right.)
         unsafe {

@@ -1047,11 +1047,7 @@ fn a_killed_s3fs_is_detected_and_the_next_mount_remounts() {
     let mp = mount_ok(&d, &vol, &a);
     fs::write(mp.join("one.txt"), b"one").unwrap();
     let pid = one_s3fs(&d);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    sigkill(pid).unwrap();
     wait_for("s3fs to die", Duration::from_secs(10), || {
         (!process_alive(pid)).then_some(())
     });

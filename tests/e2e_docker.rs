@@ -825,11 +825,7 @@ fn server_crash_in_plugin_keeps_container_and_mounts() {
     say(&format!(
         "SIGKILL to the plugin's bai-s3 serve (pid {old}, supervisor {supervisor})"
     ));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(old),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("SIGKILL bai-s3 serve");
+    support::sigkill(old).expect("SIGKILL bai-s3 serve");
     let new = wait_for(
         "the supervisor to start bai-s3 serve again",
         Duration::from_secs(30),

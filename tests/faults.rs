@@ -490,11 +490,7 @@ fn killed_s3fs_is_shown_stale_and_remounted_by_the_health_check() {
         let pids = s3fs_of_bucket(&d, &b);
         assert_eq!(pids.len(), 1, "expected one s3fs for {b}: {pids:?}");
         let pid = pids[0];
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
+        sigkill(pid).unwrap();
         killed.push(pid);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {

@@ -8,8 +8,6 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use support::*;
 
 /// `promtool` on PATH (scripts/deps.sh metrics installs it): under CI=true its absence fails.
@@ -256,7 +254,7 @@ fn metrics_follow_mounts_failures_repairs_and_adoptions() {
     // The shared s3fs dies: both mounts are stale at once; each next Mount repairs one.
     let pids = d.s3fs_pids();
     assert_eq!(pids.len(), 1, "{pids:?}");
-    kill(Pid::from_raw(pids[0]), Signal::SIGKILL).unwrap();
+    sigkill(pids[0]).unwrap();
     scrape_until(&d, port, &secrets, "two stale mounts and no s3fs", |g| {
         (g.2, g.3, g.4) == (0.0, 2.0, 0.0)
     });
@@ -366,7 +364,7 @@ fn the_health_check_counts_its_repairs() {
     mount_ok(&d, &vol, &id);
     let pids = d.s3fs_pids();
     assert_eq!(pids.len(), 1, "{pids:?}");
-    kill(Pid::from_raw(pids[0]), Signal::SIGKILL).unwrap();
+    sigkill(pids[0]).unwrap();
     // No Mount comes: only the periodic check can mount it again.
     let repaired = poll(Duration::from_secs(15), || {
         let body = scrape(port, &secrets);

@@ -237,13 +237,6 @@ fn burst_client(d: &Daemon, bucket: &str, tag: &str, m: &Mutex<Burst>, stop_on_e
     }
 }
 
-fn sigkill(pid: i32) {
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    );
-}
-
 /// Every listed volume with its holders (List names them; Get gives their Status).
 fn listed_holders(d: &Daemon) -> BTreeMap<String, u64> {
     d.list()
@@ -286,7 +279,7 @@ fn daemon_killed_during_a_burst_of_creates_and_mounts_loses_nothing_acknowledged
             // answers slower), then a random while more.
             wait_for_creates(&model, 3);
             std::thread::sleep(Duration::from_millis(50 + rng.below(400)));
-            sigkill(pid);
+            let _ = sigkill(pid);
         });
         d.kill9();
         d.restart();
@@ -499,12 +492,12 @@ fn power_cut_of_the_state_disk_loses_no_acknowledged_create_or_remove() {
             wait_for_creates(&model, 2);
             std::thread::sleep(Duration::from_millis(50 + rng.below(400)));
             disk.cut();
-            sigkill(pid);
+            let _ = sigkill(pid);
         });
         d.kill9();
         // The rest of the power cut: every s3fs and mount gone.
         for p in d.s3fs_pids() {
-            sigkill(p);
+            let _ = sigkill(p);
         }
         wait_for("the s3fs to end", Duration::from_secs(20), || {
             d.s3fs_pids().is_empty().then_some(())

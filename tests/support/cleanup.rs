@@ -3,9 +3,6 @@
 
 use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-
 use super::*;
 
 impl Daemon {
@@ -46,7 +43,7 @@ impl Daemon {
             let _ = nix::mount::umount2(&m.mount_point, nix::mount::MntFlags::MNT_DETACH);
         }
         for pid in self.all_s3fs_pids() {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = sigkill(pid);
         }
         let _ = poll(Duration::from_secs(10), || {
             (self.all_s3fs_pids().is_empty() && self.all_mounts().is_empty()).then_some(())

@@ -14,6 +14,14 @@ pub fn cmdline(pid: i32) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// SIGKILL to `pid`.
+pub fn sigkill(pid: i32) -> nix::Result<()> {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+}
+
 /// State letter of /proc/<pid>/stat (R, S, D, Z, ...), None when the process is gone.
 pub fn proc_state(pid: i32) -> Option<char> {
     let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -9,8 +9,6 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use serde_json::json;
 
 use super::*;
@@ -268,7 +266,7 @@ impl S3Server {
         drop(w.stdin.take()); // end of file: the watchdog kills weed
         let exited = poll(Duration::from_secs(30), || w.sh.try_wait().ok().flatten());
         if exited.is_none() {
-            let _ = kill(Pid::from_raw(w.weed_pid), Signal::SIGKILL);
+            let _ = sigkill(w.weed_pid);
             let _ = w.sh.wait();
         }
         wait_for("weed to exit", Duration::from_secs(30), || {

@@ -12,18 +12,10 @@ use support::*;
 
 /// `promtool` on PATH (scripts/deps.sh metrics installs it): under CI=true its absence fails.
 fn promtool_present(test: &str) -> bool {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join("promtool").is_file()))
-        .unwrap_or(false);
-    if found {
-        return true;
-    }
-    let why = "promtool is not on PATH (scripts/deps.sh metrics installs Debian's prometheus)";
-    if in_ci() {
-        panic!("{test}: missing prerequisite under CI=true: {why}");
-    }
-    say(&format!("SKIP {test}: {why}"));
-    false
+    let missing = (!on_path("promtool")).then(|| {
+        "promtool is not on PATH (scripts/deps.sh metrics installs Debian's prometheus)".to_string()
+    });
+    require(test, missing.as_slice())
 }
 
 /// The metrics port of the daemon's current run, from its last "metrics listening" log line

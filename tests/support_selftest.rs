@@ -9,17 +9,13 @@ use std::time::Duration;
 use support::*;
 
 fn weed_prereqs(test: &str) -> bool {
-    if weed_bin().is_file() {
-        return true;
-    }
-    if in_ci() {
-        panic!("{test}: {} is missing under CI=true", weed_bin().display());
-    }
-    say(&format!(
-        "SKIP {test}: {} is missing (scripts/deps.sh installs it)",
-        weed_bin().display()
-    ));
-    false
+    let missing = (!weed_bin().is_file()).then(|| {
+        format!(
+            "{} is missing (scripts/deps.sh installs it)",
+            weed_bin().display()
+        )
+    });
+    require(test, missing.as_slice())
 }
 
 #[test]

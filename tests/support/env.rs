@@ -29,7 +29,8 @@ pub fn say(line: &str) {
     let _ = writeln!(e, "{line}");
 }
 
-fn on_path(prog: &str) -> bool {
+/// `prog` is a file in a folder of PATH.
+pub fn on_path(prog: &str) -> bool {
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
         .unwrap_or(false)
@@ -58,6 +59,13 @@ pub fn prereqs(test: &str) -> bool {
     if !nix::unistd::geteuid().is_root() {
         missing.push("not running as root (s3fs mounts and umount need it)".to_string());
     }
+    require(test, &missing)
+}
+
+/// What every check of prerequisites ends with: true when nothing is `missing`. Otherwise, under
+/// `CI=true`, a panic naming what is missing (a missing prerequisite is a failure there); outside
+/// CI a SKIP line and false (the test then returns early).
+pub fn require(test: &str, missing: &[String]) -> bool {
     if missing.is_empty() {
         return true;
     }

@@ -1,11 +1,14 @@
-//! Tells the integration tests whether this machine has what they need, so that `cargo test`
-//! reports those it cannot run as ignored, not as passed. Under `CI=true` (or with
+//! Tells the integration tests whether this machine has what they need (root, FUSE, s3fs,
+//! SeaweedFS; dockerd and the rest for the Docker tests; promtool; loop devices), so that
+//! `cargo test` reports those it cannot run as ignored, not as passed. Under `CI=true` (or with
 //! `BAI_S3_INTEGRATION=1`) none is ignored: there a missing prerequisite fails the test. The
 //! tests check their prerequisites again when they run (`tests/support/env.rs`).
 use std::path::Path;
 
 fn main() {
-    println!("cargo:rustc-check-cfg=cfg(bai_s3_weed, bai_s3_integration, bai_s3_docker)");
+    println!(
+        "cargo:rustc-check-cfg=cfg(bai_s3_weed, bai_s3_integration, bai_s3_docker, bai_s3_promtool, bai_s3_loop)"
+    );
     println!("cargo:rerun-if-changed=build.rs");
     for var in ["CI", "BAI_S3_INTEGRATION", "PATH"] {
         println!("cargo:rerun-if-env-changed={var}");
@@ -40,10 +43,14 @@ fn main() {
             .into_iter()
             .all(on_path)
         && Path::new("/bin/busybox").is_file();
+    // The power-cut test's ext4 on a loop device.
+    let loop_fs = Path::new("/dev/loop-control").exists() && on_path("mkfs.ext4");
     for (cfg, present) in [
         ("bai_s3_weed", weed),
         ("bai_s3_integration", daemon),
         ("bai_s3_docker", docker),
+        ("bai_s3_promtool", on_path("promtool")),
+        ("bai_s3_loop", loop_fs),
     ] {
         if present || forced {
             println!("cargo:rustc-cfg={cfg}");

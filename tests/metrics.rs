@@ -154,7 +154,10 @@ fn scrape_until(
 }
 
 #[test]
-#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
+#[cfg_attr(
+    not(all(bai_s3_integration, bai_s3_promtool)),
+    ignore = "needs root, FUSE, s3fs, SeaweedFS, promtool"
+)]
 fn metrics_follow_mounts_failures_repairs_and_adoptions() {
     let test = "metrics_follow_mounts_failures_repairs_and_adoptions";
     if !promtool_present(test) {
@@ -335,7 +338,10 @@ fn metrics_are_off_by_default_and_a_bad_address_is_refused() {
 }
 
 #[test]
-#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
+#[cfg_attr(
+    not(all(bai_s3_integration, bai_s3_promtool)),
+    ignore = "needs root, FUSE, s3fs, SeaweedFS, promtool"
+)]
 fn the_health_check_counts_its_repairs() {
     let test = "the_health_check_counts_its_repairs";
     if !promtool_present(test) {

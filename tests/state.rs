@@ -445,7 +445,10 @@ fn power_cut_prereqs(test: &str) -> bool {
 /// another boot id (the kernel's cannot change without a reboot); the mounts and s3fs that a
 /// power cut ends are ended by the test.
 #[test]
-#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
+#[cfg_attr(
+    not(all(bai_s3_integration, bai_s3_loop)),
+    ignore = "needs root, FUSE, s3fs, SeaweedFS, loop devices, mkfs.ext4"
+)]
 fn power_cut_of_the_state_disk_loses_no_acknowledged_create_or_remove() {
     const TEST: &str = "power_cut_of_the_state_disk_loses_no_acknowledged_create_or_remove";
     if !prereqs(TEST) || !power_cut_prereqs(TEST) {

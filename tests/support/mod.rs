@@ -1,12 +1,13 @@
 //! Shared support for bai-s3's integration tests: a real SeaweedFS, a real `bai-s3 serve`, a
 //! plugin-protocol client speaking as dockerd does, and process/mount inspection, one room each:
 //!
-//! - `env`: paths, prerequisites, polling, random data, unique names, a seeded generator;
-//! - `seaweed`: the SeaweedFS server (and its watchdog); `s3`: the S3 client;
+//! - `env`: paths, prerequisites (`prereqs`, `require`), polling, random data, unique names, a
+//!   seeded generator;
+//! - `seaweed`: the SeaweedFS server (and its watchdog), `s3_poll`; `s3`: the S3 client;
 //! - `daemon`: the daemon under test, its backends file, and the helpers the daemon tests share
-//!   (`setup`, `create_ok`, `mount_ok`, ...);
-//! - `plugin`: the plugin protocol client and reply parser;
-//! - `procfs`: processes and the mount table (the one mountinfo parser);
+//!   (`setup`, `create_ok`, `mount_ok`, ...), `serve_command` for any other `bai-s3 serve`;
+//! - `plugin`: the plugin protocol client and reply parser, `answer` for a daemon that may die;
+//! - `procfs`: processes (`sigkill`) and the mount table (the one mountinfo parser);
 //! - `cleanup`: what a test leaves behind, the daemon's Drop, waiting until nothing is mounted;
 //! - `store`: the daemon's store read as an operator would; `stall`: a stalling TCP proxy.
 //!

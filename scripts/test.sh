@@ -3,7 +3,7 @@
 # the end-to-end tests against a real Docker engine (with the Python client kit's pytest suite);
 # a bounded fuzzing run (scripts/fuzz.sh).
 # Under CI=true every prerequisite is required (a missing one fails the run); otherwise tests
-# whose prerequisites are missing say SKIP and pass.
+# whose prerequisites are missing are reported as ignored (build.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

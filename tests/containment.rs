@@ -16,11 +16,6 @@ use std::time::Duration;
 
 use support::*;
 
-fn mount_ok(d: &Daemon, vol: &str, id: &str) -> PathBuf {
-    d.mount(vol, id)
-        .unwrap_or_else(|e| panic!("Mount {vol} failed: {e}\n{}", d.logs_tail(60)))
-}
-
 /// The whole mount table, for "nothing new was mounted".
 /// The host's mount table as this test sees it: every mount but those of the other tests'
 /// daemons (which run in parallel, each in its own temporary folder).
@@ -72,6 +67,7 @@ fn expect_refused(d: &Daemon, bucket: &str, prefix: &str, component: &str, host:
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn links_planted_through_a_mount_never_lead_out_of_the_bucket() {
     let Some((s3, d)) = setup("links_planted_through_a_mount") else {
         return;
@@ -118,6 +114,7 @@ fn links_planted_through_a_mount_never_lead_out_of_the_bucket() {
 const S_IFLNK_0777: &str = "41471"; // 0o120777
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn links_written_as_objects_through_s3_never_lead_out_of_the_bucket() {
     let Some((s3, d)) = setup("links_written_as_objects") else {
         return;
@@ -155,6 +152,7 @@ fn links_written_as_objects_through_s3_never_lead_out_of_the_bucket() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn a_read_only_volume_never_creates_its_prefix() {
     let Some((s3, d)) = setup("a_read_only_volume_never_creates_its_prefix") else {
         return;
@@ -193,18 +191,7 @@ fn a_read_only_volume_never_creates_its_prefix() {
 
 /// `bai-s3 serve` with these folders, which must refuse to start; returns its stderr.
 fn refused_start(dir: &Path, state: &Path, root: &Path) -> String {
-    let mut child = Command::new(daemon_bin())
-        .arg("serve")
-        .arg("--socket")
-        .arg(dir.join("s.sock"))
-        .arg("--state-dir")
-        .arg(state)
-        .arg("--mount-root")
-        .arg(root)
-        .arg("--config")
-        .arg(dir.join("none.toml"))
-        .env_remove("BAI_S3_STATE_DIR")
-        .env_remove("BAI_S3_MOUNT_ROOT")
+    let mut child = serve_command(&dir.join("s.sock"), state, root, &dir.join("none.toml"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -232,6 +219,7 @@ fn mode(p: &Path) -> u32 {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn folders_open_to_local_users_are_refused_at_start_and_left_unchanged() {
     if !prereqs("folders_open_to_local_users") {
         return;
@@ -286,6 +274,7 @@ fn folders_open_to_local_users_are_refused_at_start_and_left_unchanged() {
 const NOBODY: u32 = 65534;
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn a_local_user_cannot_reach_a_mounted_volume() {
     let Some((s3, d)) = setup("a_local_user_cannot_reach_a_mounted_volume") else {
         return;
@@ -331,6 +320,7 @@ fn free_mib(p: &Path) -> u64 {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn a_huge_write_never_fills_the_state_folders_disk() {
     if !prereqs("a_huge_write_never_fills_the_state_folders_disk") {
         return;
@@ -464,6 +454,7 @@ fn libc_enospc() -> i32 {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn an_endpoint_with_user_info_is_refused_without_quoting_it() {
     if !prereqs("an_endpoint_with_user_info_is_refused") {
         return;
@@ -488,6 +479,7 @@ fn an_endpoint_with_user_info_is_refused_without_quoting_it() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn backends_that_differ_only_across_field_boundaries_get_their_own_s3fs() {
     let Some((s3, d)) = setup("backends_across_field_boundaries") else {
         return;

@@ -26,23 +26,6 @@ fn boolish(v: Option<&Value>) -> Option<bool> {
     }
 }
 
-fn mount_ok(d: &Daemon, vol: &str, id: &str) -> PathBuf {
-    let mp = d
-        .mount(vol, id)
-        .unwrap_or_else(|e| panic!("Mount {vol} (ID {id}) failed: {e}\n{}", d.logs_tail(60)));
-    assert_eq!(
-        mp,
-        d.mountpoint_of(vol),
-        "Mountpoint of {vol} is not <mount-root>/{vol}"
-    );
-    assert!(
-        is_mountpoint(&mp),
-        "Mount of {vol} answered {} but nothing is mounted there",
-        mp.display()
-    );
-    mp
-}
-
 /// Waits until `mp` is no longer a mount point and no s3fs of the daemon is alive.
 fn wait_unmounted(d: &Daemon, mp: &Path) {
     let done = poll(Duration::from_secs(15), || {
@@ -82,23 +65,10 @@ fn read_poll(path: &Path, want: &[u8]) {
     }
 }
 
-fn s3_poll(s3: &S3Server, bucket: &str, key: &str, want: &[u8]) {
-    let mut last = Ok(None);
-    let got = poll(Duration::from_secs(10), || {
-        last = s3.s3().get(bucket, key);
-        matches!(&last, Ok(Some(b)) if b == want).then_some(())
-    });
-    if got.is_none() {
-        panic!(
-            "object {bucket}/{key} is not {:?} through S3: {last:?}",
-            String::from_utf8_lossy(want)
-        );
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn activate_capabilities_create_get_list_remove() {
     let Some((s3, d)) = setup("activate_capabilities_create_get_list_remove") else {
         return;
@@ -197,6 +167,7 @@ fn activate_capabilities_create_get_list_remove() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn file_written_through_the_mount_appears_as_an_object() {
     let Some((s3, d)) = setup("file_written_through_the_mount_appears_as_an_object") else {
         return;
@@ -210,16 +181,23 @@ fn file_written_through_the_mount_appears_as_an_object() {
     fs::write(mp.join("hello.bin"), &data).unwrap();
     fs::create_dir(mp.join("sub")).unwrap();
     fs::write(mp.join("sub/note.txt"), b"in a folder").unwrap();
-    s3_poll(s3, &b, "hello.bin", &data);
-    s3_poll(s3, &b, "sub/note.txt", b"in a folder");
+    s3_poll(s3, &b, "hello.bin", &data, Duration::from_secs(10));
+    s3_poll(
+        s3,
+        &b,
+        "sub/note.txt",
+        b"in a folder",
+        Duration::from_secs(10),
+    );
     assert_eq!(fs::read(mp.join("hello.bin")).unwrap(), data);
     unmount_ok(&d, &vol, &id);
     wait_unmounted(&d, &mp);
     // The data stays in the bucket.
-    s3_poll(s3, &b, "hello.bin", &data);
+    s3_poll(s3, &b, "hello.bin", &data, Duration::from_secs(10));
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn object_put_through_s3_appears_in_the_mount() {
     let Some((s3, d)) = setup("object_put_through_s3_appears_in_the_mount") else {
         return;
@@ -249,6 +227,7 @@ fn object_put_through_s3_appears_in_the_mount() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn two_ids_share_one_s3fs() {
     let Some((s3, d)) = setup("two_ids_share_one_s3fs") else {
         return;
@@ -286,6 +265,7 @@ fn two_ids_share_one_s3fs() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn compat_dir_false_runs_its_own_s3fs_and_serves_what_the_mount_wrote() {
     let Some((s3, d)) = setup("compat_dir_false_runs_its_own_s3fs_and_serves_what_the_mount_wrote")
     else {
@@ -333,6 +313,7 @@ fn compat_dir_false_runs_its_own_s3fs_and_serves_what_the_mount_wrote() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn the_same_id_twice_needs_two_unmounts() {
     let Some((s3, d)) = setup("the_same_id_twice_needs_two_unmounts") else {
         return;
@@ -363,6 +344,7 @@ fn the_same_id_twice_needs_two_unmounts() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn the_last_unmount_unmounts_and_s3fs_exits() {
     let Some((s3, d)) = setup("the_last_unmount_unmounts_and_s3fs_exits") else {
         return;
@@ -413,6 +395,7 @@ fn the_last_unmount_unmounts_and_s3fs_exits() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn concurrent_mounts_of_one_volume_share_one_s3fs() {
     let Some((s3, d)) = setup("concurrent_mounts_of_one_volume_share_one_s3fs") else {
         return;
@@ -459,6 +442,7 @@ fn concurrent_mounts_of_one_volume_share_one_s3fs() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn ro_volume_writes_fail_with_erofs() {
     let Some((s3, d)) = setup("ro_volume_writes_fail_with_erofs") else {
         return;
@@ -506,6 +490,7 @@ fn ro_volume_writes_fail_with_erofs() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn prefix_shows_only_its_prefix_and_writes_land_under_it() {
     let Some((s3, d)) = setup("prefix_shows_only_its_prefix_and_writes_land_under_it") else {
         return;
@@ -540,7 +525,13 @@ fn prefix_shows_only_its_prefix_and_writes_land_under_it() {
     assert_eq!(fs::read(mp.join("a.txt")).unwrap(), b"alpha");
     assert_eq!(fs::read(mp.join("sub/s.txt")).unwrap(), b"sub");
     fs::write(mp.join("new.txt"), b"written").unwrap();
-    s3_poll(s3, &b, "team/alpha/new.txt", b"written");
+    s3_poll(
+        s3,
+        &b,
+        "team/alpha/new.txt",
+        b"written",
+        Duration::from_secs(10),
+    );
     assert_eq!(
         s3.s3().get(&b, "new.txt").unwrap(),
         None,
@@ -551,6 +542,7 @@ fn prefix_shows_only_its_prefix_and_writes_land_under_it() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn uid_gid_umask_as_asked() {
     let Some((s3, d)) = setup("uid_gid_umask_as_asked") else {
         return;
@@ -627,7 +619,13 @@ fn uid_gid_umask_as_asked() {
         "uid 1000 could not write: {} {err_s}",
         out.status
     );
-    s3_poll(s3, &b, "by-1000.txt", b"from-1000\n");
+    s3_poll(
+        s3,
+        &b,
+        "by-1000.txt",
+        b"from-1000\n",
+        Duration::from_secs(10),
+    );
 }
 
 /// Checks that a refused Create left nothing behind.
@@ -649,6 +647,7 @@ fn assert_nothing_left(d: &Daemon, name: &str, problems: &mut Vec<String>, what:
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn refused_options_name_the_offending_key_or_value() {
     let Some((s3, d)) = setup("refused_options_name_the_offending_key_or_value") else {
         return;
@@ -706,6 +705,7 @@ fn refused_options_name_the_offending_key_or_value() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn refused_volume_names() {
     let Some((s3, d)) = setup("refused_volume_names") else {
         return;
@@ -763,6 +763,7 @@ fn refused_volume_names() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn missing_bucket_is_refused_unless_create_bucket() {
     let Some((s3, d)) = setup("missing_bucket_is_refused_unless_create_bucket") else {
         return;
@@ -803,10 +804,11 @@ fn missing_bucket_is_refused_unless_create_bucket() {
     fs::write(mp.join("f"), b"f").unwrap();
     unmount_ok(&d, &vol, &id);
     wait_unmounted(&d, &mp);
-    s3_poll(s3, &b, "f", b"f");
+    s3_poll(s3, &b, "f", b"f", Duration::from_secs(10));
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn create_again_same_options_ok_different_options_refused() {
     let Some((s3, d)) = setup("create_again_same_options_ok_different_options_refused") else {
         return;
@@ -846,6 +848,7 @@ fn create_again_same_options_ok_different_options_refused() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn remove_while_held_is_refused() {
     let Some((s3, d)) = setup("remove_while_held_is_refused") else {
         return;
@@ -876,10 +879,11 @@ fn remove_while_held_is_refused() {
     d.remove(&vol).unwrap();
     assert!(!d.list_names().contains(&vol));
     // Remove never deletes data.
-    s3_poll(s3, &b, "keep.txt", b"keep");
+    s3_poll(s3, &b, "keep.txt", b"keep", Duration::from_secs(10));
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn unmount_of_an_unknown_id_succeeds() {
     let Some((s3, d)) = setup("unmount_of_an_unknown_id_succeeds") else {
         return;
@@ -904,6 +908,7 @@ fn unmount_of_an_unknown_id_succeeds() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn get_and_list_answer_while_the_object_store_is_down() {
     if !prereqs("get_and_list_answer_while_the_object_store_is_down") {
         return;
@@ -963,6 +968,7 @@ fn get_and_list_answer_while_the_object_store_is_down() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn daemon_killed_and_restarted_keeps_mount_and_holders() {
     let Some((s3, mut d)) = setup("daemon_killed_and_restarted_keeps_mount_and_holders") else {
         return;
@@ -1010,7 +1016,7 @@ fn daemon_killed_and_restarted_keeps_mount_and_holders() {
         "a Mount after restart started a second s3fs"
     );
     fs::write(mp.join("after.txt"), b"after").unwrap();
-    s3_poll(s3, &b, "after.txt", b"after");
+    s3_poll(s3, &b, "after.txt", b"after", Duration::from_secs(10));
     unmount_ok(&d, &vol, &c);
     unmount_ok(&d, &vol, &a);
     assert!(
@@ -1029,6 +1035,7 @@ fn daemon_killed_and_restarted_keeps_mount_and_holders() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn a_killed_s3fs_is_detected_and_the_next_mount_remounts() {
     let Some((s3, d)) = setup("a_killed_s3fs_is_detected_and_the_next_mount_remounts") else {
         return;
@@ -1040,11 +1047,7 @@ fn a_killed_s3fs_is_detected_and_the_next_mount_remounts() {
     let mp = mount_ok(&d, &vol, &a);
     fs::write(mp.join("one.txt"), b"one").unwrap();
     let pid = one_s3fs(&d);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    sigkill(pid).unwrap();
     wait_for("s3fs to die", Duration::from_secs(10), || {
         (!process_alive(pid)).then_some(())
     });
@@ -1069,7 +1072,7 @@ fn a_killed_s3fs_is_detected_and_the_next_mount_remounts() {
     fs::write(mp.join("two.txt"), b"two").unwrap();
     assert_eq!(fs::read(mp.join("two.txt")).unwrap(), b"two");
     assert_eq!(fs::read(mp.join("one.txt")).unwrap(), b"one");
-    s3_poll(s3, &b, "two.txt", b"two");
+    s3_poll(s3, &b, "two.txt", b"two", Duration::from_secs(10));
     let new_pid = one_s3fs(&d);
     assert_ne!(new_pid, pid);
     assert_eq!(
@@ -1106,6 +1109,7 @@ fn create_within_15s(d: &Daemon, vol: &str, opts: &[(&str, &str)], what: &str) {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn backends_file_is_reread_when_it_changes() {
     let Some((s3, d)) = setup("backends_file_is_reread_when_it_changes") else {
         return;
@@ -1155,6 +1159,7 @@ fn files_containing(dir: &Path, needle: &str, out: &mut Vec<PathBuf>) {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn no_secret_in_logs_argv_status_or_state() {
     let Some((s3, d)) = setup("no_secret_in_logs_argv_status_or_state") else {
         return;
@@ -1216,6 +1221,7 @@ fn no_secret_in_logs_argv_status_or_state() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn a_backends_file_open_to_others_is_refused() {
     let Some((s3, mut d)) = setup("a_backends_file_open_to_others_is_refused") else {
         return;

@@ -146,6 +146,7 @@ fn exec_sh(c: &str, script: &str) -> (i32, String, String) {
 ///    are still there, a container started after the upgrade reads what one wrote before, and
 ///    what a container that kept running through the upgrade sees is written down.
 #[test]
+#[cfg_attr(not(bai_s3_docker), ignore = "needs dockerd, debootstrap, SeaweedFS")]
 fn registry_install_and_upgrade() {
     let Some(t) = e2e("registry_install_and_upgrade") else {
         return;
@@ -442,6 +443,7 @@ fn kit_ready(py: &Path) -> Result<(), String> {
 ///    removal of unused volumes. Then, with S3 itself, every object the tests say they wrote
 ///    is in the bucket under the vfolder's prefix with that content.
 #[test]
+#[cfg_attr(not(bai_s3_docker), ignore = "needs dockerd, debootstrap, SeaweedFS")]
 fn python_client_kit_under_dockerd() {
     let Some(t) = e2e("python_client_kit_under_dockerd") else {
         return;

@@ -33,6 +33,7 @@ fn keys(t: &E2e, bucket: &str, prefix: Option<&str>) -> Vec<String> {
 /// 1. The plugin is listed and enabled; a volume is created, listed and inspected, and no secret
 ///    shows anywhere a user (or a log reader) looks.
 #[test]
+#[cfg_attr(not(bai_s3_docker), ignore = "needs dockerd, debootstrap, SeaweedFS")]
 fn plugin_enabled_volume_created_listed_inspected_without_secrets() {
     let Some(t) = e2e("plugin_enabled_volume_created_listed_inspected_without_secrets") else {
         return;
@@ -105,6 +106,7 @@ fn plugin_enabled_volume_created_listed_inspected_without_secrets() {
 
 /// 2. A container writes into the volume; the object is in the bucket.
 #[test]
+#[cfg_attr(not(bai_s3_docker), ignore = "needs dockerd, debootstrap, SeaweedFS")]
 fn container_write_lands_in_bucket() {
     let Some(t) = e2e("container_write_lands_in_bucket") else {
         return;
@@ -129,6 +131,7 @@ fn container_write_lands_in_bucket() {
 /// 3. A volume created implicitly by `--mount ...,volume-opt=...` with ro=true: reads work,
 ///    writes fail with EROFS.
 #[test]
+#[cfg_attr(not(bai_s3_docker), ignore = "needs dockerd, debootstrap, SeaweedFS")]
 fn implicit_volume_read_only() {
     let Some(t) = e2e("implicit_volume_read_only") else {
         return;
@@ -186,6 +189,7 @@ fn implicit_volume_read_only() {
 
 /// 4. Two containers on one volume share one s3fs; the last one leaving unmounts.
 #[test]
+#[cfg_attr(not(bai_s3_docker), ignore = "needs dockerd, debootstrap, SeaweedFS")]
 fn two_containers_share_one_s3fs() {
     let Some(t) = e2e("two_containers_share_one_s3fs") else {
         return;
@@ -240,6 +244,7 @@ fn two_containers_share_one_s3fs() {
 /// 5. `docker cp` into a running container's volume mounts again with the same ID; the
 ///    container's mount must survive the copy's Unmount.
 #[test]
+#[cfg_attr(not(bai_s3_docker), ignore = "needs dockerd, debootstrap, SeaweedFS")]
 fn docker_cp_into_running_container_keeps_mount() {
     let Some(t) = e2e("docker_cp_into_running_container_keeps_mount") else {
         return;
@@ -289,6 +294,7 @@ fn docker_cp_into_running_container_keeps_mount() {
 /// 6. A non-root container user writes into a volume owned by its uid/gid; without uid/gid
 ///    the same user cannot.
 #[test]
+#[cfg_attr(not(bai_s3_docker), ignore = "needs dockerd, debootstrap, SeaweedFS")]
 fn non_root_user_writes_with_uid_gid() {
     let Some(t) = e2e("non_root_user_writes_with_uid_gid") else {
         return;
@@ -344,6 +350,7 @@ fn non_root_user_writes_with_uid_gid() {
 
 /// 7. A prefix volume shows only its prefix, and writes land under it.
 #[test]
+#[cfg_attr(not(bai_s3_docker), ignore = "needs dockerd, debootstrap, SeaweedFS")]
 fn prefix_volume_sees_only_its_prefix() {
     let Some(t) = e2e("prefix_volume_sees_only_its_prefix") else {
         return;
@@ -386,6 +393,7 @@ fn prefix_volume_sees_only_its_prefix() {
 
 /// 8. `docker volume rm` forgets the volume and keeps the data.
 #[test]
+#[cfg_attr(not(bai_s3_docker), ignore = "needs dockerd, debootstrap, SeaweedFS")]
 fn volume_rm_keeps_objects() {
     let Some(t) = e2e("volume_rm_keeps_objects") else {
         return;
@@ -425,6 +433,7 @@ fn volume_rm_keeps_objects() {
 /// 9. dockerd restart, and plugin disable/enable: volumes keep their names and options and
 ///    mount again.
 #[test]
+#[cfg_attr(not(bai_s3_docker), ignore = "needs dockerd, debootstrap, SeaweedFS")]
 fn volumes_survive_dockerd_restart_and_plugin_reenable() {
     let Some(t) = e2e("volumes_survive_dockerd_restart_and_plugin_reenable") else {
         return;
@@ -506,6 +515,7 @@ fn volumes_survive_dockerd_restart_and_plugin_reenable() {
 
 /// 10. Refusals at `docker volume create` reach the user with bai-s3's message.
 #[test]
+#[cfg_attr(not(bai_s3_docker), ignore = "needs dockerd, debootstrap, SeaweedFS")]
 fn bad_options_and_missing_bucket_are_refused_clearly() {
     let Some(t) = e2e("bad_options_and_missing_bucket_are_refused_clearly") else {
         return;
@@ -558,6 +568,7 @@ fn bad_options_and_missing_bucket_are_refused_clearly() {
 /// 11. A swarm service with three tasks on one node: one s3fs, every task writes, removal
 ///     unmounts.
 #[test]
+#[cfg_attr(not(bai_s3_docker), ignore = "needs dockerd, debootstrap, SeaweedFS")]
 fn swarm_service_scales_on_one_s3fs() {
     let Some(t) = e2e("swarm_service_scales_on_one_s3fs") else {
         return;
@@ -706,6 +717,7 @@ fn lines_of(s: &str) -> Vec<String> {
 /// content in. README ("Known limits") gives the way around it, shown here: `volume-nocopy`
 /// for an empty bucket; a bucket that already holds objects is not copied into at all.
 #[test]
+#[cfg_attr(not(bai_s3_docker), ignore = "needs dockerd, debootstrap, SeaweedFS")]
 fn empty_volume_on_existing_image_directory() {
     let Some(t) = e2e("empty_volume_on_existing_image_directory") else {
         return;
@@ -787,6 +799,7 @@ fn plugin_serve_pid(plugin_id: &str) -> Option<i32> {
 ///     writing, the supervisor starts the server again, which re-adopts the mount with its
 ///     holder, and stopping the container still unmounts.
 #[test]
+#[cfg_attr(not(bai_s3_docker), ignore = "needs dockerd, debootstrap, SeaweedFS")]
 fn server_crash_in_plugin_keeps_container_and_mounts() {
     let Some(t) = e2e("server_crash_in_plugin_keeps_container_and_mounts") else {
         return;
@@ -812,11 +825,7 @@ fn server_crash_in_plugin_keeps_container_and_mounts() {
     say(&format!(
         "SIGKILL to the plugin's bai-s3 serve (pid {old}, supervisor {supervisor})"
     ));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(old),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("SIGKILL bai-s3 serve");
+    support::sigkill(old).expect("SIGKILL bai-s3 serve");
     let new = wait_for(
         "the supervisor to start bai-s3 serve again",
         Duration::from_secs(30),

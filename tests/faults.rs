@@ -22,19 +22,6 @@ use support::*;
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-fn mount_ok(d: &Daemon, vol: &str, id: &str) -> PathBuf {
-    let mp = d
-        .mount(vol, id)
-        .unwrap_or_else(|e| panic!("Mount {vol} (ID {id}) failed: {e}\n{}", d.logs_tail(60)));
-    assert_eq!(mp, d.mountpoint_of(vol), "Mountpoint of {vol}");
-    assert!(
-        is_mountpoint(&mp),
-        "Mount of {vol} answered {} but nothing is mounted there",
-        mp.display()
-    );
-    mp
-}
-
 /// Live s3fs processes of this daemon that mount `bucket` (s3fs's first argument).
 fn s3fs_of_bucket(d: &Daemon, bucket: &str) -> Vec<i32> {
     d.s3fs_pids()
@@ -55,41 +42,6 @@ fn s3fs_per_bucket(d: &Daemon) -> BTreeMap<String, usize> {
         *m.entry(b).or_insert(0) += 1;
     }
     m
-}
-
-fn s3_poll(s3: &S3Server, bucket: &str, key: &str, want: &[u8]) {
-    let mut last = Ok(None);
-    let got = poll(Duration::from_secs(15), || {
-        last = s3.s3().get(bucket, key);
-        matches!(&last, Ok(Some(b)) if b == want).then_some(())
-    });
-    if got.is_none() {
-        panic!(
-            "object {bucket}/{key} is not {:?} on {}: {last:?}",
-            String::from_utf8_lossy(want),
-            s3.endpoint
-        );
-    }
-}
-
-/// The outcome of one protocol call, with a dead or dying daemon allowed.
-#[derive(Debug)]
-enum Answer {
-    Ok,
-    /// Answered with an error.
-    Err(String),
-    /// No answer: the connection failed or broke (the daemon was killed).
-    None(String),
-}
-
-fn raw_call(socket: &Path, method: &str, body: &Value) -> Answer {
-    match plugin_call(socket, method, &body.to_string()) {
-        Ok((st, v)) => match result_of(st, &v) {
-            Ok(_) => Answer::Ok,
-            Err(e) => Answer::Err(e),
-        },
-        Err(e) => Answer::None(e.to_string()),
-    }
 }
 
 fn lines_matching(d: &Daemon, needle: &str) -> Vec<String> {
@@ -139,6 +91,7 @@ impl CrashModel {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn daemon_killed_at_random_points_keeps_volumes_mounts_and_counts() {
     let Some((s3, mut d)) = setup("daemon_killed_at_random_points_keeps_volumes_mounts_and_counts")
     else {
@@ -236,7 +189,7 @@ fn daemon_killed_at_random_points_keeps_volumes_mounts_and_counts() {
                     Op::Mount => "VolumeDriver.Mount",
                     Op::Unmount => "VolumeDriver.Unmount",
                 };
-                let ans = raw_call(
+                let ans = answer(
                     &socket,
                     method,
                     &json!({"Name": names_c[v], "ID": ids_c[i]}),
@@ -512,6 +465,7 @@ fn check_crash_invariants(
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn killed_s3fs_is_shown_stale_and_remounted_by_the_health_check() {
     let Some((s3, d)) = setup_with(
         "killed_s3fs_is_shown_stale_and_remounted_by_the_health_check",
@@ -525,7 +479,7 @@ fn killed_s3fs_is_shown_stale_and_remounted_by_the_health_check() {
     let id = new_id();
     let mp = mount_ok(&d, &vol, &id);
     fs::write(mp.join("before.txt"), b"before").unwrap();
-    s3_poll(s3, &b, "before.txt", b"before");
+    s3_poll(s3, &b, "before.txt", b"before", Duration::from_secs(15));
 
     // The health check may repair the mount within a second; Get must show "stale" in
     // between. Try a few kills, so that a kill landing just before a check does not fail the
@@ -536,11 +490,7 @@ fn killed_s3fs_is_shown_stale_and_remounted_by_the_health_check() {
         let pids = s3fs_of_bucket(&d, &b);
         assert_eq!(pids.len(), 1, "expected one s3fs for {b}: {pids:?}");
         let pid = pids[0];
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
+        sigkill(pid).unwrap();
         killed.push(pid);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
@@ -591,7 +541,7 @@ fn killed_s3fs_is_shown_stale_and_remounted_by_the_health_check() {
     assert_eq!(fs::read(mp.join("before.txt")).unwrap(), b"before");
     fs::write(mp.join("after.txt"), b"after").unwrap();
     fs::create_dir(mp.join("newdir")).unwrap();
-    s3_poll(s3, &b, "after.txt", b"after");
+    s3_poll(s3, &b, "after.txt", b"after", Duration::from_secs(15));
     assert_eq!(
         mounts_under(&mp).len(),
         1,
@@ -615,6 +565,7 @@ fn killed_s3fs_is_shown_stale_and_remounted_by_the_health_check() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn object_store_down_create_and_mount_fail_in_bounded_time_and_leave_nothing() {
     if !prereqs("object_store_down_create_and_mount_fail_in_bounded_time_and_leave_nothing") {
         return;
@@ -630,7 +581,13 @@ fn object_store_down_create_and_mount_fail_in_bounded_time_and_leave_nothing() {
     let id_pre = new_id();
     let mp_pre = mount_ok(&d, &vol_pre, &id_pre);
     fs::write(mp_pre.join("before.txt"), b"before").unwrap();
-    s3_poll(&srv, &b_pre, "before.txt", b"before");
+    s3_poll(
+        &srv,
+        &b_pre,
+        "before.txt",
+        b"before",
+        Duration::from_secs(15),
+    );
 
     srv.stop();
 
@@ -729,7 +686,7 @@ fn object_store_down_create_and_mount_fail_in_bounded_time_and_leave_nothing() {
         back.is_some(),
         "the mount made before the outage does not work after it: {last}"
     );
-    s3_poll(&srv, &b_pre, "after.txt", b"after");
+    s3_poll(&srv, &b_pre, "after.txt", b"after", Duration::from_secs(15));
     // And the volume that failed to mount mounts now.
     let id_new = new_id();
     mount_ok(&d, &vol_new, &id_new);
@@ -762,6 +719,7 @@ fn run(cmd: &str, args: &[&str]) {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn read_only_state_folder_refuses_changes_and_keeps_the_file() {
     let Some((s3, d)) = setup("read_only_state_folder_refuses_changes_and_keeps_the_file") else {
         return;
@@ -885,6 +843,7 @@ impl Drop for Immutable {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn full_state_folder_refuses_changes_and_keeps_the_file() {
     let Some((s3, mut d)) = setup("full_state_folder_refuses_changes_and_keeps_the_file") else {
         return;
@@ -999,6 +958,7 @@ fn three_volumes(s3: &S3Server, d: &mut Daemon, tag: &str) -> Vec<String> {
 
 /// The JSON state file of an earlier version, truncated, is imported as far as it can be read.
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn truncated_state_file_serves_what_it_can_and_keeps_a_copy() {
     let Some((s3, mut d)) = setup("truncated_state_file_serves_what_it_can_and_keeps_a_copy")
     else {
@@ -1063,6 +1023,7 @@ fn truncated_state_file_serves_what_it_can_and_keeps_a_copy() {
 
 /// A store that is no database at all: kept aside, the daemon starts on a new one.
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn garbage_state_file_starts_empty_and_keeps_a_copy() {
     let Some((s3, mut d)) = setup("garbage_state_file_starts_empty_and_keeps_a_copy") else {
         return;
@@ -1113,6 +1074,7 @@ fn garbage_state_file_starts_empty_and_keeps_a_copy() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn backends_file_changed_while_mounted_old_mount_stays_new_mounts_follow() {
     if !prereqs("backends_file_changed_while_mounted_old_mount_stays_new_mounts_follow") {
         return;
@@ -1128,7 +1090,7 @@ fn backends_file_changed_while_mounted_old_mount_stays_new_mounts_follow() {
     let a = new_id();
     let mp1 = mount_ok(&d, &v1, &a);
     fs::write(mp1.join("v1-before.txt"), b"old").unwrap();
-    s3_poll(old, &b, "v1-before.txt", b"old");
+    s3_poll(old, &b, "v1-before.txt", b"old", Duration::from_secs(15));
     let pid1 = s3fs_of_bucket(&d, &b);
     assert_eq!(pid1.len(), 1);
 
@@ -1139,7 +1101,7 @@ fn backends_file_changed_while_mounted_old_mount_stays_new_mounts_follow() {
     let bb = new_id();
     let mp2 = mount_ok(&d, &v2, &bb);
     fs::write(mp2.join("v2.txt"), b"new").unwrap();
-    s3_poll(&new, &b, "v2.txt", b"new");
+    s3_poll(&new, &b, "v2.txt", b"new", Duration::from_secs(15));
     assert_eq!(
         old.s3().get(&b, "v2.txt").unwrap(),
         None,
@@ -1147,7 +1109,13 @@ fn backends_file_changed_while_mounted_old_mount_stays_new_mounts_follow() {
     );
     // The existing mount is untouched: same s3fs, still the old server.
     fs::write(mp1.join("v1-after.txt"), b"old-after").unwrap();
-    s3_poll(old, &b, "v1-after.txt", b"old-after");
+    s3_poll(
+        old,
+        &b,
+        "v1-after.txt",
+        b"old-after",
+        Duration::from_secs(15),
+    );
     assert_eq!(new.s3().get(&b, "v1-after.txt").unwrap(), None);
     assert!(fs::read_dir(&mp1)
         .unwrap()
@@ -1170,7 +1138,7 @@ fn backends_file_changed_while_mounted_old_mount_stays_new_mounts_follow() {
     let c = new_id();
     let mp3 = mount_ok(&d, &v3, &c);
     fs::write(mp3.join("v3.txt"), b"v3").unwrap();
-    s3_poll(&new, &b3, "v3.txt", b"v3");
+    s3_poll(&new, &b3, "v3.txt", b"v3", Duration::from_secs(15));
     let said = lines_matching(&d, "keeping the last good configuration");
     assert!(
         said.iter()
@@ -1233,6 +1201,7 @@ impl StressModel {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn stress_parallel_clients_keep_counts_and_one_s3fs_per_bucket() {
     let Some((s3, d)) = setup("stress_parallel_clients_keep_counts_and_one_s3fs_per_bucket") else {
         return;
@@ -1614,6 +1583,7 @@ fn assert_mount_root_empty(d: &Daemon) {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn racing_last_holder_unmounts_and_the_docker_cp_pattern() {
     let Some((s3, d)) = setup("racing_last_holder_unmounts_and_the_docker_cp_pattern") else {
         return;

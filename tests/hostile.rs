@@ -23,25 +23,6 @@ use support::*;
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-fn mount_ok(d: &Daemon, vol: &str, id: &str) -> PathBuf {
-    d.mount(vol, id)
-        .unwrap_or_else(|e| panic!("Mount {vol} (ID {id}) failed: {e}\n{}", d.logs_tail(60)))
-}
-
-/// Waits until nothing of the daemon is mounted and no s3fs of it is alive.
-fn wait_nothing_mounted(d: &Daemon, why: &str) {
-    let done = poll(Duration::from_secs(15), || {
-        (d.mounts().is_empty() && d.s3fs_pids().is_empty()).then_some(())
-    });
-    assert!(
-        done.is_some(),
-        "{why}: still mounted {:?}, s3fs {:?}\n{}",
-        d.mounts(),
-        d.s3fs_pids(),
-        d.logs_tail(40)
-    );
-}
-
 /// The store's rows and boot id, as bytes (None when there is no readable store).
 fn state_bytes(d: &Daemon) -> Option<Vec<u8>> {
     store_rows(&d.state_dir).map(|r| format!("{r:?}").into_bytes())
@@ -195,6 +176,7 @@ struct Case {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn malformed_requests_get_a_clear_err_and_change_nothing() {
     let Some((s3, d)) = setup("malformed_requests_get_a_clear_err_and_change_nothing") else {
         return;
@@ -481,7 +463,7 @@ fn malformed_requests_get_a_clear_err_and_change_nothing() {
     let mp = mount_ok(&d, &vol, &id);
     fs::write(mp.join("after"), b"ok").unwrap();
     unmount_ok(&d, &vol, &id);
-    wait_nothing_mounted(&d, "after the final Unmount");
+    wait_nothing_mounted(&d, "after the final Unmount", Duration::from_secs(15));
     assert!(
         problems.is_empty(),
         "hostile requests:\n{}\n{}",
@@ -495,6 +477,7 @@ fn malformed_requests_get_a_clear_err_and_change_nothing() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn hostile_names_and_options_are_refused_naming_them() {
     let Some((s3, d)) = setup("hostile_names_and_options_are_refused_naming_them") else {
         return;
@@ -719,6 +702,7 @@ fn slow_client(
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn slow_and_idle_clients_do_not_block_others_and_are_cut() {
     let Some((s3, d)) = setup("slow_and_idle_clients_do_not_block_others_and_are_cut") else {
         return;
@@ -820,7 +804,7 @@ fn slow_and_idle_clients_do_not_block_others_and_are_cut() {
     if !d.list_names().contains(&vol) || d.list_names().len() != 1 {
         problems.push(format!("List after the slow clients: {:?}", d.list_names()));
     }
-    wait_nothing_mounted(&d, "after the Unmount");
+    wait_nothing_mounted(&d, "after the Unmount", Duration::from_secs(15));
     assert!(
         problems.is_empty(),
         "slow clients:\n{}\n{}",
@@ -834,6 +818,7 @@ fn slow_and_idle_clients_do_not_block_others_and_are_cut() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn three_hundred_simultaneous_clients_are_all_answered() {
     let Some((s3, d)) = setup("three_hundred_simultaneous_clients_are_all_answered") else {
         return;
@@ -917,7 +902,11 @@ fn three_hundred_simultaneous_clients_are_all_answered() {
         Some(&json!(0)),
         "after all Unmounts: {st}"
     );
-    wait_nothing_mounted(&d, "after every Mount was unmounted");
+    wait_nothing_mounted(
+        &d,
+        "after every Mount was unmounted",
+        Duration::from_secs(15),
+    );
     let keys = s3.s3().list(&b, Some("crowd-")).unwrap();
     assert_eq!(
         keys.len(),
@@ -968,6 +957,7 @@ fn mode(p: &Path) -> u32 {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn an_unprivileged_client_is_refused() {
     let Some((s3, mut d)) = setup("an_unprivileged_client_is_refused") else {
         return;
@@ -1138,6 +1128,7 @@ fn argv_containing(needles: &[&str]) -> Vec<String> {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn the_secret_key_appears_nowhere() {
     let Some((s3, d)) = setup("the_secret_key_appears_nowhere") else {
         return;
@@ -1213,7 +1204,7 @@ fn the_secret_key_appears_nowhere() {
 
     let v = call("VolumeDriver.Unmount", json!({"Name": vol, "ID": id}));
     assert_eq!(err_text(&v), "", "Unmount: {v}");
-    wait_nothing_mounted(&d, "after the Unmount");
+    wait_nothing_mounted(&d, "after the Unmount", Duration::from_secs(15));
 
     // A failed mount: the bucket is gone between Create and Mount.
     let b2 = unique_name("secret-gone");
@@ -1238,7 +1229,7 @@ fn the_secret_key_appears_nowhere() {
     call("VolumeDriver.Mount", json!({"Name": vol, "ID": id}));
     call("VolumeDriver.List", json!({}));
     argv_hits.extend(argv_containing(&secrets));
-    wait_nothing_mounted(&d, "at the end");
+    wait_nothing_mounted(&d, "at the end", Duration::from_secs(15));
 
     let logs = d.logs();
     assert!(
@@ -1314,6 +1305,7 @@ fn s3fs_starts(d: &Daemon, from: usize) -> usize {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn churn_with_unmount_delay_starts_one_s3fs() {
     let Some((s3, d)) = setup_with(
         "churn_with_unmount_delay_starts_one_s3fs",
@@ -1343,10 +1335,11 @@ fn churn_with_unmount_delay_starts_one_s3fs() {
     // The delay then ends the mount on its own.
     let st = d.status(&vol).unwrap();
     assert_eq!(st.get("holders"), Some(&json!(0)), "{st}");
-    wait_nothing_mounted(&d, "3 s after the last Unmount");
+    wait_nothing_mounted(&d, "3 s after the last Unmount", Duration::from_secs(15));
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn churn_without_unmount_delay_starts_one_s3fs_per_cycle() {
     let Some((s3, d)) = setup("churn_without_unmount_delay_starts_one_s3fs_per_cycle") else {
         return;
@@ -1368,10 +1361,11 @@ fn churn_without_unmount_delay_starts_one_s3fs_per_cycle() {
         "50 Mount/Unmount cycles without an unmount delay started {starts} s3fs\n{}",
         d.logs_tail(40)
     );
-    wait_nothing_mounted(&d, "after the last Unmount");
+    wait_nothing_mounted(&d, "after the last Unmount", Duration::from_secs(15));
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn remove_during_the_unmount_delay_ends_the_wait() {
     let Some((s3, d)) = setup_with(
         "remove_during_the_unmount_delay_ends_the_wait",
@@ -1408,6 +1402,7 @@ fn remove_during_the_unmount_delay_ends_the_wait() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn sigterm_during_the_unmount_delay_ends_the_wait() {
     let Some((s3, mut d)) = setup_with(
         "sigterm_during_the_unmount_delay_ends_the_wait",

@@ -10,7 +10,7 @@ mod support;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -20,18 +20,6 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use support::stall::StallProxy;
 use support::*;
-
-fn mount_ok(d: &Daemon, vol: &str, id: &str) -> PathBuf {
-    let mp = d
-        .mount(vol, id)
-        .unwrap_or_else(|e| panic!("Mount {vol} (ID {id}) failed: {e}\n{}", d.logs_tail(60)));
-    assert!(
-        is_mountpoint(&mp),
-        "Mount of {vol}: nothing mounted at {}",
-        mp.display()
-    );
-    mp
-}
 
 /// A process-like writer: one file held open in the volume, a line written and fsync'd every
 /// 50 ms, every error kept.
@@ -135,6 +123,7 @@ fn wait_adopted(d: &Daemon, vol: &str, holders_want: u64) -> serde_json::Value {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn a_restart_with_the_backends_file_broken_keeps_live_mounts_and_their_writers() {
     let Some((s3, mut d)) = setup("a_restart_with_the_backends_file_broken_keeps_live_mounts")
     else {
@@ -195,6 +184,7 @@ fn a_restart_with_the_backends_file_broken_keeps_live_mounts_and_their_writers()
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn a_slow_s3fs_is_shown_slow_and_left_alone() {
     let Some((s3, d)) = setup_with(
         "a_slow_s3fs_is_shown_slow_and_left_alone",
@@ -245,6 +235,7 @@ fn a_slow_s3fs_is_shown_slow_and_left_alone() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn a_wedged_s3fs_blocks_only_mounts_of_itself() {
     let Some((s3, mut d)) = setup_with(
         "a_wedged_s3fs_blocks_only_mounts_of_itself",
@@ -342,6 +333,7 @@ fn a_wedged_s3fs_blocks_only_mounts_of_itself() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn a_mount_timed_out_on_a_stalled_store_leaves_nothing_and_poisons_nothing() {
     if !prereqs("a_mount_timed_out_on_a_stalled_store_leaves_nothing") {
         return;

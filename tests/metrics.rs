@@ -8,24 +8,14 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use support::*;
 
 /// `promtool` on PATH (scripts/deps.sh metrics installs it): under CI=true its absence fails.
 fn promtool_present(test: &str) -> bool {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join("promtool").is_file()))
-        .unwrap_or(false);
-    if found {
-        return true;
-    }
-    let why = "promtool is not on PATH (scripts/deps.sh metrics installs Debian's prometheus)";
-    if in_ci() {
-        panic!("{test}: missing prerequisite under CI=true: {why}");
-    }
-    say(&format!("SKIP {test}: {why}"));
-    false
+    let missing = (!on_path("promtool")).then(|| {
+        "promtool is not on PATH (scripts/deps.sh metrics installs Debian's prometheus)".to_string()
+    });
+    require(test, missing.as_slice())
 }
 
 /// The metrics port of the daemon's current run, from its last "metrics listening" log line
@@ -140,11 +130,6 @@ fn failures(body: &str, cause: &str) -> f64 {
     )
 }
 
-fn mount_ok(d: &Daemon, vol: &str, id: &str) {
-    d.mount(vol, id)
-        .unwrap_or_else(|e| panic!("Mount {vol} failed: {e}\n{}", d.logs_tail(60)));
-}
-
 /// Scrape until `want` holds of the gauges (they follow s3fs processes that take a moment to
 /// exit or to be seen dead).
 fn scrape_until(
@@ -169,6 +154,10 @@ fn scrape_until(
 }
 
 #[test]
+#[cfg_attr(
+    not(all(bai_s3_integration, bai_s3_promtool)),
+    ignore = "needs root, FUSE, s3fs, SeaweedFS, promtool"
+)]
 fn metrics_follow_mounts_failures_repairs_and_adoptions() {
     let test = "metrics_follow_mounts_failures_repairs_and_adoptions";
     if !promtool_present(test) {
@@ -260,7 +249,7 @@ fn metrics_follow_mounts_failures_repairs_and_adoptions() {
     // The shared s3fs dies: both mounts are stale at once; each next Mount repairs one.
     let pids = d.s3fs_pids();
     assert_eq!(pids.len(), 1, "{pids:?}");
-    kill(Pid::from_raw(pids[0]), Signal::SIGKILL).unwrap();
+    sigkill(pids[0]).unwrap();
     scrape_until(&d, port, &secrets, "two stale mounts and no s3fs", |g| {
         (g.2, g.3, g.4) == (0.0, 2.0, 0.0)
     });
@@ -302,6 +291,7 @@ fn metrics_follow_mounts_failures_repairs_and_adoptions() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn metrics_are_off_by_default_and_a_bad_address_is_refused() {
     let test = "metrics_are_off_by_default_and_a_bad_address_is_refused";
     let Some((_s3, mut d)) = setup(test) else {
@@ -329,18 +319,15 @@ fn metrics_are_off_by_default_and_a_bad_address_is_refused() {
     // A port that is taken is an error at start-up, not a daemon without its metrics.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let out = Command::new(daemon_bin())
-        .args(["serve", "--metrics-addr", &addr])
-        .arg("--socket")
-        .arg(d.dir.join("other.sock"))
-        .arg("--state-dir")
-        .arg(&d.state_dir)
-        .arg("--mount-root")
-        .arg(&d.mount_root)
-        .arg("--config")
-        .arg(&d.config)
-        .output()
-        .unwrap();
+    let out = serve_command(
+        &d.dir.join("other.sock"),
+        &d.state_dir,
+        &d.mount_root,
+        &d.config,
+    )
+    .args(["--metrics-addr", &addr])
+    .output()
+    .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -351,6 +338,10 @@ fn metrics_are_off_by_default_and_a_bad_address_is_refused() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(bai_s3_integration, bai_s3_promtool)),
+    ignore = "needs root, FUSE, s3fs, SeaweedFS, promtool"
+)]
 fn the_health_check_counts_its_repairs() {
     let test = "the_health_check_counts_its_repairs";
     if !promtool_present(test) {
@@ -371,7 +362,7 @@ fn the_health_check_counts_its_repairs() {
     mount_ok(&d, &vol, &id);
     let pids = d.s3fs_pids();
     assert_eq!(pids.len(), 1, "{pids:?}");
-    kill(Pid::from_raw(pids[0]), Signal::SIGKILL).unwrap();
+    sigkill(pids[0]).unwrap();
     // No Mount comes: only the periodic check can mount it again.
     let repaired = poll(Duration::from_secs(15), || {
         let body = scrape(port, &secrets);

@@ -17,28 +17,6 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use support::*;
 
-fn mount_ok(d: &Daemon, vol: &str, id: &str) -> PathBuf {
-    d.mount(vol, id)
-        .unwrap_or_else(|e| panic!("Mount {vol} (ID {id}) failed: {e}\n{}", d.logs_tail(60)))
-}
-
-enum Answer {
-    Ok,
-    Err(String),
-    /// No answer: the daemon was killed (or its disk went away) during the call.
-    None,
-}
-
-fn call(d: &Daemon, method: &str, body: Value) -> Answer {
-    match plugin_call(&d.socket, method, &body.to_string()) {
-        Ok((st, v)) => match result_of(st, &v) {
-            Ok(_) => Answer::Ok,
-            Err(e) => Answer::Err(e),
-        },
-        Err(_) => Answer::None,
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Upgrade from the JSON state file
 // ---------------------------------------------------------------------------------------------
@@ -47,6 +25,7 @@ fn call(d: &Daemon, method: &str, body: Value) -> Answer {
 /// that release's own format, with holders and live mounts): imported, kept aside, the same
 /// volumes served and the same s3fs re-adopted; the old holders' Unmounts still unmount.
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn a_state_folder_of_the_json_release_is_imported_with_its_live_mounts() {
     let Some((s3, mut d)) = setup("a_state_folder_of_the_json_release_is_imported") else {
         return;
@@ -128,6 +107,7 @@ fn a_state_folder_of_the_json_release_is_imported_with_its_live_mounts() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn a_second_daemon_on_the_same_state_folder_is_refused_naming_the_first() {
     let Some((_s3, d)) = setup("a_second_daemon_on_the_same_state_folder_is_refused") else {
         return;
@@ -135,16 +115,7 @@ fn a_second_daemon_on_the_same_state_folder_is_refused_naming_the_first() {
     let other = d.dir.join("second");
     fs::create_dir_all(&other).unwrap();
     let sock = other.join("second.sock");
-    let child = Command::new(daemon_bin())
-        .arg("serve")
-        .arg("--socket")
-        .arg(&sock)
-        .arg("--state-dir")
-        .arg(&d.state_dir)
-        .arg("--mount-root")
-        .arg(other.join("volumes"))
-        .arg("--config")
-        .arg(&d.config)
+    let child = serve_command(&sock, &d.state_dir, &other.join("volumes"), &d.config)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -204,10 +175,10 @@ fn wait_for_creates(model: &Mutex<Burst>, n: usize) {
 fn burst_client(d: &Daemon, bucket: &str, tag: &str, m: &Mutex<Burst>, stop_on_err: bool) {
     for n in 0.. {
         let vol = format!("{tag}-{n:03}");
-        match call(
-            d,
+        match answer(
+            &d.socket,
             "VolumeDriver.Create",
-            json!({"Name": vol, "Opts": {"bucket": bucket}}),
+            &json!({"Name": vol, "Opts": {"bucket": bucket}}),
         ) {
             Answer::Ok => {
                 let mut m = m.lock().unwrap();
@@ -222,7 +193,7 @@ fn burst_client(d: &Daemon, bucket: &str, tag: &str, m: &Mutex<Burst>, stop_on_e
                 }
                 return;
             }
-            Answer::None => {
+            Answer::None(_) => {
                 m.lock()
                     .unwrap()
                     .unknown
@@ -232,7 +203,11 @@ fn burst_client(d: &Daemon, bucket: &str, tag: &str, m: &Mutex<Burst>, stop_on_e
         }
         for k in 0..(1 + n % 2) {
             let id = format!("{tag}-id{k}");
-            match call(d, "VolumeDriver.Mount", json!({"Name": vol, "ID": id})) {
+            match answer(
+                &d.socket,
+                "VolumeDriver.Mount",
+                &json!({"Name": vol, "ID": id}),
+            ) {
                 Answer::Ok => {
                     let mut m = m.lock().unwrap();
                     *m.held
@@ -250,7 +225,7 @@ fn burst_client(d: &Daemon, bucket: &str, tag: &str, m: &Mutex<Burst>, stop_on_e
                     }
                     return;
                 }
-                Answer::None => {
+                Answer::None(_) => {
                     m.lock().unwrap().unknown.push(("Mount", vol.clone(), id));
                     return;
                 }
@@ -260,13 +235,6 @@ fn burst_client(d: &Daemon, bucket: &str, tag: &str, m: &Mutex<Burst>, stop_on_e
             return;
         }
     }
-}
-
-fn sigkill(pid: i32) {
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    );
 }
 
 /// Every listed volume with its holders (List names them; Get gives their Status).
@@ -287,6 +255,7 @@ fn listed_holders(d: &Daemon) -> BTreeMap<String, u64> {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn daemon_killed_during_a_burst_of_creates_and_mounts_loses_nothing_acknowledged() {
     let Some((s3, mut d)) = setup("daemon_killed_during_a_burst_of_creates_and_mounts") else {
         return;
@@ -310,7 +279,7 @@ fn daemon_killed_during_a_burst_of_creates_and_mounts_loses_nothing_acknowledged
             // answers slower), then a random while more.
             wait_for_creates(&model, 3);
             std::thread::sleep(Duration::from_millis(50 + rng.below(400)));
-            sigkill(pid);
+            let _ = sigkill(pid);
         });
         d.kill9();
         d.restart();
@@ -462,21 +431,12 @@ impl Drop for LoopFs {
 fn power_cut_prereqs(test: &str) -> bool {
     let mut missing = Vec::new();
     if !Path::new("/dev/loop-control").exists() {
-        missing.push("no loop devices (/dev/loop-control)");
+        missing.push("no loop devices (/dev/loop-control)".to_string());
     }
     if Command::new("mkfs.ext4").arg("-V").output().is_err() {
-        missing.push("mkfs.ext4 is missing (e2fsprogs)");
+        missing.push("mkfs.ext4 is missing (e2fsprogs)".to_string());
     }
-    if missing.is_empty() {
-        return true;
-    }
-    assert!(
-        !in_ci(),
-        "{test}: missing under CI=true: {}",
-        missing.join("; ")
-    );
-    say(&format!("SKIP {test}: {}", missing.join("; ")));
-    false
+    require(test, &missing)
 }
 
 /// Power cuts at random points of a burst of Creates, Mounts and Removes: every Create and
@@ -485,6 +445,10 @@ fn power_cut_prereqs(test: &str) -> bool {
 /// another boot id (the kernel's cannot change without a reboot); the mounts and s3fs that a
 /// power cut ends are ended by the test.
 #[test]
+#[cfg_attr(
+    not(all(bai_s3_integration, bai_s3_loop)),
+    ignore = "needs root, FUSE, s3fs, SeaweedFS, loop devices, mkfs.ext4"
+)]
 fn power_cut_of_the_state_disk_loses_no_acknowledged_create_or_remove() {
     const TEST: &str = "power_cut_of_the_state_disk_loses_no_acknowledged_create_or_remove";
     if !prereqs(TEST) || !power_cut_prereqs(TEST) {
@@ -509,7 +473,7 @@ fn power_cut_of_the_state_disk_loses_no_acknowledged_create_or_remove() {
         let olds: Vec<String> = created.keys().cloned().collect();
         let mut removals = Vec::new();
         for v in olds.iter().filter(|_| rng.below(3) == 0) {
-            if let Answer::Ok = call(&d, "VolumeDriver.Remove", json!({"Name": v})) {
+            if let Answer::Ok = answer(&d.socket, "VolumeDriver.Remove", &json!({"Name": v})) {
                 removals.push(v.clone());
             }
         }
@@ -522,12 +486,12 @@ fn power_cut_of_the_state_disk_loses_no_acknowledged_create_or_remove() {
             wait_for_creates(&model, 2);
             std::thread::sleep(Duration::from_millis(50 + rng.below(400)));
             disk.cut();
-            sigkill(pid);
+            let _ = sigkill(pid);
         });
         d.kill9();
         // The rest of the power cut: every s3fs and mount gone.
         for p in d.s3fs_pids() {
-            sigkill(p);
+            let _ = sigkill(p);
         }
         wait_for("the s3fs to end", Duration::from_secs(20), || {
             d.s3fs_pids().is_empty().then_some(())

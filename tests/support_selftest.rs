@@ -9,20 +9,17 @@ use std::time::Duration;
 use support::*;
 
 fn weed_prereqs(test: &str) -> bool {
-    if weed_bin().is_file() {
-        return true;
-    }
-    if in_ci() {
-        panic!("{test}: {} is missing under CI=true", weed_bin().display());
-    }
-    say(&format!(
-        "SKIP {test}: {} is missing (scripts/deps.sh installs it)",
-        weed_bin().display()
-    ));
-    false
+    let missing = (!weed_bin().is_file()).then(|| {
+        format!(
+            "{} is missing (scripts/deps.sh installs it)",
+            weed_bin().display()
+        )
+    });
+    require(test, missing.as_slice())
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_weed), ignore = "needs SeaweedFS (scripts/deps.sh)")]
 fn seaweedfs_answers_s3() {
     if !weed_prereqs("seaweedfs_answers_s3") {
         return;
@@ -58,6 +55,7 @@ fn seaweedfs_answers_s3() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_weed), ignore = "needs SeaweedFS (scripts/deps.sh)")]
 fn private_server_stops_and_starts_again() {
     if !weed_prereqs("private_server_stops_and_starts_again") {
         return;
@@ -100,6 +98,7 @@ fn helper_hold_a_server_forever() {
 }
 
 #[test]
+#[cfg_attr(not(bai_s3_weed), ignore = "needs SeaweedFS (scripts/deps.sh)")]
 fn watchdog_kills_weed_when_the_test_process_dies() {
     if !weed_prereqs("watchdog_kills_weed_when_the_test_process_dies") {
         return;
@@ -184,6 +183,7 @@ fn mountinfo_sees_mounts() {
 
 /// The Daemon guard fails a test that leaves a mount, and removes the mount and s3fs anyway.
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn daemon_guard_fails_a_test_that_leaves_a_mount_and_cleans_up() {
     if !prereqs("daemon_guard_fails_a_test_that_leaves_a_mount_and_cleans_up") {
         return;
@@ -217,6 +217,7 @@ fn daemon_guard_fails_a_test_that_leaves_a_mount_and_cleans_up() {
 
 /// After a SIGKILL of the daemon its s3fs lives on; the guard still removes it and its mount.
 #[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn daemon_guard_cleans_up_after_a_killed_daemon() {
     if !prereqs("daemon_guard_cleans_up_after_a_killed_daemon") {
         return;

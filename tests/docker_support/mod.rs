@@ -157,12 +157,6 @@ pub fn e2e_name(tag: &str) -> String {
 // Prerequisites
 // ---------------------------------------------------------------------------------------------
 
-fn on_path(prog: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
-        .unwrap_or(false)
-}
-
 fn deb_installed(pkg: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", pkg])
@@ -179,7 +173,7 @@ fn missing_prereqs() -> Vec<String> {
         missing.push("not running as root (docker plugin create, chroot)".to_string());
     }
     for tool in ["docker", "dockerd", "debootstrap", "chroot", "tar"] {
-        if !on_path(tool) {
+        if !support::on_path(tool) {
             missing.push(format!("'{tool}' is not on PATH (scripts/deps.sh docker)"));
         }
     }
@@ -245,18 +239,12 @@ pub struct E2e {
 }
 
 /// Starts an end-to-end test: None (after a SKIP line) when a prerequisite is missing and CI is
-/// not `true`; under `CI=true` a missing prerequisite panics.
+/// not `true`; under `CI=true` a missing prerequisite panics. The tests that call it are also
+/// marked `#[cfg_attr(not(bai_s3_docker), ignore = ..)]` (set by `build.rs`).
 pub fn e2e(test: &str) -> Option<E2e> {
     let lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let missing = PREREQS.get_or_init(missing_prereqs);
-    if !missing.is_empty() {
-        if support::in_ci() {
-            panic!(
-                "{test}: missing prerequisites under CI=true: {}",
-                missing.join("; ")
-            );
-        }
-        say(&format!("SKIP {test}: {}", missing.join("; ")));
+    if !support::require(test, missing) {
         return None;
     }
     let env = match ENV.get_or_init(setup) {

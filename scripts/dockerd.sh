@@ -10,9 +10,9 @@ answers() { timeout 5 docker version >/dev/null 2>&1; }
 if answers; then exit 0; fi
 command -v dockerd >/dev/null || { echo "dockerd.sh: dockerd is not installed (scripts/deps.sh docker)" >&2; exit 1; }
 mkdir -p /var/log
-if ! pgrep -x dockerd >/dev/null; then
-  setsid dockerd >/var/log/bai-s3-dockerd.log 2>&1 < /dev/null &
-fi
+# Started even when a dockerd process seems to be there: one that has just exited can linger
+# as a zombie (no init reaps it here), and a second live one fails on its pid file, harmlessly.
+setsid dockerd >/var/log/bai-s3-dockerd.log 2>&1 < /dev/null &
 deadline=$((SECONDS + wait_s))
 while [ "$SECONDS" -lt "$deadline" ]; do
   answers && exit 0

@@ -8,6 +8,7 @@
 mod docker_support;
 mod support;
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use docker_support::*;
@@ -887,4 +888,97 @@ fn server_crash_in_plugin_keeps_container_and_mounts() {
         "s3fs of the plugin left: {:?}",
         plugin_s3fs_pids()
     );
+}
+
+/// 14. Links a container plants in a bucket never lead a prefix volume out of it: not to the
+///     plugin's `/`, its secrets folder `/etc/bai-s3`, or `/etc` as a middle component, and a
+///     missing tail behind a link is never made. `docker run` fails with bai-s3's refusal, and
+///     neither the host nor the plugin's own file system nor the mount table changes.
+#[test]
+#[cfg_attr(not(bai_s3_docker), ignore = "needs dockerd, debootstrap, SeaweedFS")]
+fn links_planted_from_a_container_never_lead_out_of_the_bucket() {
+    let Some(t) = e2e("links_planted_from_a_container_never_lead_out_of_the_bucket") else {
+        return;
+    };
+    let bucket = t.bucket("links");
+    let whole = t.volume_name("links-whole");
+    t.create_volume(&whole, &[&format!("bucket={bucket}")]);
+    t.run_sh(
+        &mount_of(&whole),
+        "mkdir /data/real && ln -s / /data/evil && ln -s /etc/bai-s3 /data/cfg \
+         && ln -s /etc /data/real/inner",
+    );
+    t.wait_unmounted(&whole, &bucket);
+
+    let tag = support::random_hex(4);
+    let made = format!("bai-s3-contain-{tag}");
+    let rootfs = PathBuf::from(format!(
+        "/var/lib/docker/plugins/{}/rootfs",
+        t.env.plugin_id
+    ));
+    assert!(rootfs.join("etc/bai-s3").is_dir(), "{}", rootfs.display());
+    // Where a followed link would have made `made`: in the plugin's view and on the host.
+    let never: Vec<PathBuf> = ["", "etc", "etc/bai-s3"]
+        .iter()
+        .flat_map(|d| {
+            [
+                rootfs.join(d).join(&made),
+                Path::new("/").join(d).join(&made),
+            ]
+        })
+        .collect();
+    let table = || -> Vec<String> {
+        support::mountinfo()
+            .iter()
+            .filter(|m| m.mount_point.starts_with(&t.env.propagated))
+            .map(|m| format!("{} {}", m.mount_point.display(), m.fs_type))
+            .collect()
+    };
+    let before = table();
+    for (prefix, component) in [
+        ("evil".to_string(), "evil"),
+        (format!("evil/{made}"), "evil"),
+        ("cfg".to_string(), "cfg"),
+        (format!("cfg/{made}"), "cfg"),
+        ("real/inner".to_string(), "real/inner"),
+        (format!("real/inner/{made}"), "real/inner"),
+    ] {
+        let vol = t.volume_name("links-evil");
+        t.create_volume(
+            &vol,
+            &[&format!("bucket={bucket}"), &format!("prefix={prefix}")],
+        );
+        let o = t.run(&["--rm", "--mount", &mount_of(&vol), IMAGE, "ls", "/data"]);
+        let err = stderr_of(&o);
+        assert!(
+            !o.status.success(),
+            "prefix {prefix:?}: the container ran and saw {:?}",
+            stdout_of(&o)
+        );
+        say(&format!("prefix {prefix:?}: {}", err.trim()));
+        assert!(
+            err.contains(component) && err.contains("a prefix must be a folder in the bucket"),
+            "prefix {prefix:?}: the error does not name {component:?} and the rule: {err}"
+        );
+        assert_eq!(
+            table(),
+            before,
+            "prefix {prefix:?}: the mount table changed"
+        );
+        assert!(!t.host_mounted(&vol), "prefix {prefix:?}");
+        for p in &never {
+            assert!(!p.exists(), "prefix {prefix:?}: {} was made", p.display());
+        }
+        remove_volume(&vol);
+    }
+
+    // A real folder still works, and its missing tail is made in the bucket.
+    let fine = t.volume_name("links-fine");
+    t.create_volume(&fine, &[&format!("bucket={bucket}"), "prefix=real/made"]);
+    t.run_sh(&mount_of(&fine), "echo in > /data/f.txt");
+    assert_eq!(
+        object(&t, &bucket, "real/made/f.txt").as_deref(),
+        Some(&b"in\n"[..])
+    );
+    t.wait_unmounted(&fine, &bucket);
 }

@@ -269,6 +269,31 @@ fn folders_open_to_local_users_are_refused_at_start_and_left_unchanged() {
     assert!(e.contains("symbolic link"), "{e}");
     let e = refused_start(dir, &good_state, &link);
     assert!(e.contains("symbolic link"), "{e}");
+
+    // Nor is a link as any folder the daemon makes below them; nothing is made through it.
+    let elsewhere = dir.join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    let root = good_state.join("volumes");
+    for (base, sub) in [
+        (&good_state, "logs"),
+        (&good_state, "cache"),
+        (&good_state, "stage"),
+        (&good_state, "tmp"),
+        (&root, ".s3fs"),
+    ] {
+        fs::create_dir_all(base).unwrap();
+        fs::set_permissions(base, fs::Permissions::from_mode(0o700)).unwrap();
+        let planted = base.join(sub);
+        symlink(&elsewhere, &planted).unwrap();
+        let e = refused_start(dir, &good_state, &root);
+        assert!(e.contains(sub) && e.contains("symbolic link"), "{sub}: {e}");
+        assert_eq!(
+            fs::read_dir(&elsewhere).unwrap().count(),
+            0,
+            "{sub}: something was made through the link"
+        );
+        fs::remove_file(&planted).unwrap();
+    }
 }
 
 const NOBODY: u32 = 65534;

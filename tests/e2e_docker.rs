@@ -917,6 +917,18 @@ fn links_planted_from_a_container_never_lead_out_of_the_bucket() {
         t.env.plugin_id
     ));
     assert!(rootfs.join("etc/bai-s3").is_dir(), "{}", rootfs.display());
+    // The secrets folder is read-only in the plugin itself, whatever a link could reach.
+    let pid = plugin_serve_pid(&t.env.plugin_id).expect("the plugin's bai-s3 serve");
+    let probe = format!(
+        "/proc/{pid}/root/etc/bai-s3/probe-{}",
+        support::random_hex(4)
+    );
+    let w = std::fs::write(&probe, b"x");
+    assert_eq!(
+        w.as_ref().map_err(|e| e.raw_os_error()),
+        Err(Some(nix::libc::EROFS)),
+        "a write into the plugin's /etc/bai-s3: {w:?}"
+    );
     // Where a followed link would have made `made`: in the plugin's view and on the host.
     let never: Vec<PathBuf> = ["", "etc", "etc/bai-s3"]
         .iter()

@@ -13,8 +13,10 @@ use serde_json::json;
 
 use super::*;
 
-/// Four TCP ports for weed (s3, master, volume, filer), each below 55536 and each with port+10000
-/// also free (weed listens there for gRPC).
+/// Four TCP ports for weed (s3, master, volume, filer), each with port+10000 also free (weed
+/// listens there for gRPC). All of them lie below Linux's ephemeral range (32768 and up): a
+/// restarted weed binds its ports again, and an outgoing connection of anything on the machine
+/// may have been given a port in that range meanwhile ("bind: address already in use").
 fn pick_ports() -> [u16; 4] {
     let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
     let mut ports = Vec::new();
@@ -23,7 +25,7 @@ fn pick_ports() -> [u16; 4] {
         tries += 1;
         assert!(tries < 10_000, "could not find free ports for SeaweedFS");
         let r = u16::from_le_bytes(random_bytes(2).try_into().unwrap());
-        let p = 20_000 + (r % 25_000); // 20000..45000, so p+10000 < 55536
+        let p = 10_000 + (r % 12_768); // 10000..22768, so p+10000 < 32768
         if ports.contains(&p)
             || ports
                 .iter()

@@ -498,10 +498,14 @@ impl<M: Mounter> Driver<M> {
 
     async fn mount_now(&self, vol: &Volume, st: &mut VolState) -> Result<()> {
         let result = match self.spec(vol) {
-            Ok(spec) => self.mounter.mount(&spec).await.map_err(|e| Error::Mount {
-                name: vol.name.clone(),
-                message: e.0,
-            }),
+            Ok(spec) => self
+                .mounter
+                .mount(&spec)
+                .await
+                .map_err(|source| Error::Mount {
+                    name: vol.name.clone(),
+                    source,
+                }),
             Err(e) => Err(e),
         };
         let result = result.map(|shared| st.shared = Some(shared));

@@ -30,8 +30,11 @@ pub enum Error {
     Bucket(#[from] BucketError),
     #[error("volume {name:?} cannot be mounted anew: {problem}; its live mounts are kept. Remove it when no container uses it (docker volume rm) and create it again")]
     Unresolvable { name: String, problem: String },
-    #[error("mounting volume {name:?} failed: {message}")]
-    Mount { name: String, message: String },
+    #[error("mounting volume {name:?} failed: {source}")]
+    Mount {
+        name: String,
+        source: crate::mounter::MountError,
+    },
     #[error("bai-s3 could not save its state to {path}: {source}; nothing was changed")]
     Persist {
         path: String,

@@ -35,7 +35,7 @@ use tokio::sync::Semaphore;
 
 use crate::driver::VolumeInfo;
 use crate::error::Error;
-use crate::mounter::{sys, Health};
+use crate::mounter::{sys, Cause, Health};
 
 /// The endpoints of the plugin protocol, as they appear in the `endpoint` label; any other
 /// request path is counted as `other`.
@@ -88,7 +88,9 @@ struct Static {
 }
 
 /// The `cause` label values of `bai_s3_mount_failures_total` (see [`failure_cause`]).
-const CAUSES: &[&str] = &["backend", "s3fs", "timeout", "system", "state", "other"];
+const CAUSES: &[&str] = &[
+    "backend", "s3fs", "timeout", "prefix", "system", "state", "other",
+];
 
 static STATIC: LazyLock<Static> = LazyLock::new(|| {
     let mount_failures = Family::<CauseLabels, Counter>::default();
@@ -133,17 +135,12 @@ pub fn failure_cause(e: &Error) -> &'static str {
     match e {
         Error::UnknownBackend { .. } => "backend",
         Error::Persist { .. } => "state",
-        Error::Mount { message, .. }
-            if message.contains("(--mount-timeout)") || message.contains("at its deadline") =>
-        {
-            "timeout"
-        }
-        Error::Mount { message, .. }
-            if message.starts_with("s3fs ") || message.starts_with("cannot start ") =>
-        {
-            "s3fs"
-        }
-        Error::Mount { .. } => "system",
+        Error::Mount { source, .. } => match source.cause() {
+            Cause::S3fs => "s3fs",
+            Cause::Timeout => "timeout",
+            Cause::Prefix => "prefix",
+            Cause::System => "system",
+        },
         _ => "other",
     }
 }
@@ -431,11 +428,12 @@ pub async fn serve(listener: TcpListener, registry: Registry) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mounter::MountError;
 
-    fn mount_err(message: &str) -> Error {
+    fn mount_err(source: MountError) -> Error {
         Error::Mount {
             name: "v".into(),
-            message: message.into(),
+            source,
         }
     }
 
@@ -449,36 +447,66 @@ mod tests {
     }
 
     #[test]
-    fn failure_causes_follow_the_mounters_messages() {
+    fn failure_causes_follow_the_mounters_kinds() {
+        let after = std::time::Duration::from_secs(20);
+        let said = || "x".to_string();
+        let link = crate::fsutil::BeneathError {
+            component: "evil".into(),
+            kind: crate::fsutil::Beneath::Symlink,
+        };
         let cases = [
+            (MountError::Exited { said: said() }, "s3fs"),
+            (MountError::NotRunning, "s3fs"),
             (
-                "s3fs exited before the mount was ready: bucket not found",
+                MountError::Spawn {
+                    program: "s3fs".into(),
+                    error: "No such file".into(),
+                },
                 "s3fs",
             ),
-            ("s3fs is not running after its start", "s3fs"),
             (
-                "cannot start s3fs: No such file (is s3fs installed?)",
-                "s3fs",
-            ),
-            (
-                "s3fs did not make the mount ready within 20 s (--mount-timeout); s3fs said: x",
+                MountError::NeverReady {
+                    after,
+                    said: said(),
+                },
                 "timeout",
             ),
+            (MountError::Deadline { after }, "timeout"),
             (
-                "the mount did not answer within 20 s (--mount-timeout)",
+                MountError::SharedUnanswered {
+                    bucket: "b".into(),
+                    after,
+                },
                 "timeout",
             ),
+            (MountError::GivenUp, "timeout"),
             (
-                "the s3fs of bucket \"b\" did not answer within 20 s (--mount-timeout); it is left running",
-                "timeout",
+                MountError::Prefix(crate::mounter::resolve::PrefixError {
+                    bucket: "b".into(),
+                    prefix: "evil".into(),
+                    read_only: false,
+                    error: link,
+                }),
+                "prefix",
             ),
-            ("the mount was given up at its deadline", "timeout"),
-            ("cannot open s3fs log /s/l: denied", "system"),
-            ("bind mount of /a on /b failed: EPERM", "system"),
-            ("cannot create mount point /b: denied", "system"),
+            (
+                MountError::host("cannot open s3fs log /s/l", "denied"),
+                "system",
+            ),
+            (
+                MountError::System("bind mount of /a on /b failed: EPERM".into()),
+                "system",
+            ),
+            (
+                MountError::StillMounted {
+                    target: "/b".into(),
+                },
+                "system",
+            ),
         ];
-        for (message, cause) in cases {
-            assert_eq!(failure_cause(&mount_err(message)), cause, "{message}");
+        for (e, cause) in cases {
+            let shown = e.to_string();
+            assert_eq!(failure_cause(&mount_err(e)), cause, "{shown}");
             assert!(CAUSES.contains(&cause));
         }
         let unknown = Error::UnknownBackend {

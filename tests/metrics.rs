@@ -182,7 +182,9 @@ fn metrics_follow_mounts_failures_repairs_and_adoptions() {
     assert_eq!(value(&body, "bai_s3_s3fs_resident_memory_bytes"), 0.0);
     assert_eq!(value(&body, "bai_s3_repairs_total"), 0.0);
     assert_eq!(value(&body, "bai_s3_adoptions_total"), 0.0);
-    for cause in ["backend", "s3fs", "timeout", "system", "state", "other"] {
+    for cause in [
+        "backend", "s3fs", "timeout", "prefix", "system", "state", "other",
+    ] {
         assert_eq!(failures(&body, cause), 0.0, "cause {cause}");
     }
     assert!(body.contains("bai_s3_build_info{version=\""), "{body}");
@@ -244,6 +246,23 @@ fn metrics_follow_mounts_failures_repairs_and_adoptions() {
     assert_eq!(failures(&body, "timeout"), 0.0);
     assert_eq!(calls(&body, "VolumeDriver.Mount", "error"), 2.0);
     assert_eq!(calls(&body, "other", "error"), 1.0);
+    assert_eq!(gauges(&body), (3.0, 3.0, 2.0, 0.0, 1.0));
+
+    // A read-only volume whose prefix is missing fails with cause "prefix", not "system".
+    let r = unique_name("metrics-ro");
+    create_ok(
+        &d,
+        &r,
+        &[("bucket", &bucket), ("prefix", "none"), ("ro", "true")],
+    );
+    let err = d
+        .mount(&r, &new_id())
+        .expect_err("Mount of a missing ro prefix");
+    assert!(err.contains("never creates it"), "{err}");
+    d.remove(&r).unwrap();
+    let body = scrape(port, &secrets);
+    assert_eq!(failures(&body, "prefix"), 1.0, "{err}");
+    assert_eq!(failures(&body, "system"), 0.0, "{err}");
     assert_eq!(gauges(&body), (3.0, 3.0, 2.0, 0.0, 1.0));
 
     // The shared s3fs dies: both mounts are stale at once; each next Mount repairs one.

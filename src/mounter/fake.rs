@@ -38,7 +38,9 @@ impl Mounter for FakeMounter {
         tokio::time::sleep(d).await;
         self.mounts.fetch_add(1, Ordering::SeqCst);
         if self.fail_next.swap(false, Ordering::SeqCst) {
-            return Err(MountError("s3fs said: fake failure".into()));
+            return Err(MountError::Exited {
+                said: "fake failure".into(),
+            });
         }
         self.mounted
             .lock()

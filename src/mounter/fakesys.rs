@@ -324,7 +324,7 @@ impl Sys for RecordingSys {
             b.read_only.is_some(),
         ));
         let (target, shared, prefix) = b.view;
-        Self::new_bind(&mut t, shared, prefix.unwrap_or(""), target).map_err(MountError)
+        Self::new_bind(&mut t, shared, prefix.unwrap_or(""), target).map_err(MountError::System)
     }
 
     fn statvfs(&self, path: &Path) -> Result<(), Errno> {
@@ -538,7 +538,7 @@ impl<S: Sys> Sys for FaultySys<S> {
 
     fn bind_view(&self, b: BindView<'_>) -> Result<(), MountError> {
         if !self.at(Kind::Bind) {
-            return Err(MountError("bind mount failed: injected".into()));
+            return Err(MountError::System("bind mount failed: injected".into()));
         }
         self.inner.bind_view(b)
     }

@@ -17,6 +17,7 @@ pub mod fakesys;
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::backends::Backend;
 use crate::options::VolumeOptions;
@@ -56,10 +57,88 @@ impl Health {
     }
 }
 
-/// Why a mount or unmount failed, in words for the person who ran the container.
+/// Why a mount or unmount failed: each kind carries what the person who ran the container
+/// needs to act on it, and says whose part failed ([`MountError::cause`]), so that nothing
+/// downstream has to read the words.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct MountError(pub String);
+pub enum MountError {
+    #[error("cannot start {program}: {error} (is s3fs installed?)")]
+    Spawn { program: String, error: String },
+    /// `said` is the tail of s3fs's own log: the reason (wrong keys, no such bucket) is there.
+    #[error("s3fs exited before the mount was ready: {said}")]
+    Exited { said: String },
+    #[error("s3fs is not running after its start")]
+    NotRunning,
+    #[error("s3fs did not make the mount ready within {} s (--mount-timeout); s3fs said: {said}", .after.as_secs())]
+    NeverReady { after: Duration, said: String },
+    /// A running shared s3fs did not answer: slow is not dead, so it is left to its volumes.
+    #[error("the s3fs of bucket {bucket:?} did not answer within {} s (--mount-timeout); it is left running for the volumes that use it (a stalled or throttling store?)", .after.as_secs())]
+    SharedUnanswered { bucket: String, after: Duration },
+    #[error("the mount did not answer within {} s (--mount-timeout)", .after.as_secs())]
+    Deadline { after: Duration },
+    /// The work behind a Mount that had already been answered with [`MountError::Deadline`].
+    #[error("the mount was given up at its deadline")]
+    GivenUp,
+    #[error(transparent)]
+    Prefix(#[from] resolve::PrefixError),
+    #[error("the shared s3fs {name} runs with other settings than volume {volume:?} asks for; not joined")]
+    OtherSettings { name: String, volume: String },
+    #[error("the bind at {} is not a view of the bucket's s3fs (mount table: {found}); it was undone", .target.display())]
+    NotAView { target: PathBuf, found: String },
+    #[error("{} is still mounted by something else and cannot be cleared", .target.display())]
+    StillMounted { target: PathBuf },
+    /// A local step (a folder, a log file) failed: what was being done, and the system's answer.
+    #[error("{doing}: {error}")]
+    Host { doing: String, error: String },
+    /// A mount-table change (bind, unmount) refused, in the words of [`sys`], which name the path.
+    #[error("{0}")]
+    System(String),
+    #[error("mount task failed: {0}")]
+    Task(String),
+}
+
+/// Whose part of a Mount failed, for the operator's metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// s3fs itself: it did not start or exited (its words say why).
+    S3fs,
+    /// A deadline (`--mount-timeout`) passed.
+    Timeout,
+    /// The volume's prefix is not a folder in the bucket (or is missing for a read-only one).
+    Prefix,
+    /// A local step: folders, binds, the mount table.
+    System,
+}
+
+impl MountError {
+    /// Whose part failed.
+    pub fn cause(&self) -> Cause {
+        match self {
+            MountError::Spawn { .. } | MountError::Exited { .. } | MountError::NotRunning => {
+                Cause::S3fs
+            }
+            MountError::NeverReady { .. }
+            | MountError::SharedUnanswered { .. }
+            | MountError::Deadline { .. }
+            | MountError::GivenUp => Cause::Timeout,
+            MountError::Prefix(_) => Cause::Prefix,
+            MountError::OtherSettings { .. }
+            | MountError::NotAView { .. }
+            | MountError::StillMounted { .. }
+            | MountError::Host { .. }
+            | MountError::System(_)
+            | MountError::Task(_) => Cause::System,
+        }
+    }
+
+    /// A local step that failed, with the system's answer.
+    pub fn host(doing: impl Into<String>, error: impl std::fmt::Display) -> Self {
+        MountError::Host {
+            doing: doing.into(),
+            error: error.to_string(),
+        }
+    }
+}
 
 /// What a restarted daemon found at a held volume's mount point.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -25,13 +25,30 @@ pub fn open_prefix(
     read_only: bool,
 ) -> Result<OwnedFd, MountError> {
     let root = fsutil::open_dir(shared)
-        .map_err(|e| MountError(format!("cannot open the bucket's s3fs mount: {e}")))?;
+        .map_err(|e| MountError::host("cannot open the bucket's s3fs mount", e))?;
     let Some(prefix) = prefix else {
         return Ok(root);
     };
     let mode = (!read_only).then_some(0o755);
-    fsutil::open_beneath(root.as_fd(), Path::new(prefix), mode, true)
-        .map_err(|e| MountError(explain(&e, bucket, prefix, read_only)))
+    fsutil::open_beneath(root.as_fd(), Path::new(prefix), mode, true).map_err(|error| {
+        MountError::Prefix(PrefixError {
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+            read_only,
+            error,
+        })
+    })
+}
+
+/// A prefix that could not be resolved inside its bucket, and where the walk stopped.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", explain(.error, .bucket, .prefix, *.read_only))]
+pub struct PrefixError {
+    pub bucket: String,
+    pub prefix: String,
+    /// A read-only volume never creates its prefix, so a missing one is its own refusal.
+    pub read_only: bool,
+    pub error: BeneathError,
 }
 
 /// The Err text of a prefix that could not be resolved: names the component and the rule.
@@ -69,14 +86,13 @@ pub fn check_view(target: &Path, shared: &Path, prefix: Option<&str>) -> Result<
         (Some(dev), Some(b)) if *dev == b.dev && b.root == want_root => Ok(()),
         _ => {
             let _ = sys::unmount(target);
-            Err(MountError(format!(
-                "the bind at {} is not a view of the bucket's s3fs (mount table: {}); it was undone",
-                target.display(),
-                match bound {
+            Err(MountError::NotAView {
+                target: target.to_path_buf(),
+                found: match bound {
                     Some(b) => format!("device {} folder {}", b.dev, b.root.display()),
                     None => "nothing mounted".to_string(),
-                }
-            )))
+                },
+            })
         }
     }
 }
@@ -108,10 +124,10 @@ mod tests {
         let out = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(out.path(), t.path().join("lnk")).unwrap();
         let e = open_prefix(t.path(), "b", Some("lnk/sub"), false).unwrap_err();
-        assert!(e.0.contains("\"lnk\" is a symbolic link"), "{e}");
+        assert!(e.to_string().contains("\"lnk\" is a symbolic link"), "{e}");
         assert!(!out.path().join("sub").exists());
         let e = open_prefix(t.path(), "b", Some("missing/x"), true).unwrap_err();
-        assert!(e.0.contains("never creates it"), "{e}");
+        assert!(e.to_string().contains("never creates it"), "{e}");
         assert!(!t.path().join("missing").exists());
         assert!(open_prefix(t.path(), "b", Some("made/x"), false).is_ok());
         assert!(t.path().join("made/x").is_dir());

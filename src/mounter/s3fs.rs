@@ -362,28 +362,29 @@ impl<S: Sys> S3fsMounter<S> {
             let (p, sy) = (path.clone(), self.sys.clone());
             bounded::run(self.cfg.mount_timeout, move || sy.unmount(&p))
                 .await
-                .map_err(|e| MountError(format!("unmounting {}: {e}", path.display())))?
-                .map_err(MountError)?;
+                .map_err(|e| MountError::host(format!("unmounting {}", path.display()), e))?
+                .map_err(MountError::System)?;
         }
         // Made (or checked) once nothing is mounted there: a dead FUSE mount answers nothing.
         fsutil::sub_dir(&self.cfg.mount_root, &Path::new(SHARED_DIR).join(name))
-            .map_err(|e| MountError(format!("cannot create the shared mount folder: {e}")))?;
+            .map_err(|e| MountError::host("cannot create the shared mount folder", e))?;
         fsutil::sub_dir(&self.cfg.state_dir, &Self::tmp_rel(name))
-            .map_err(|e| MountError(format!("cannot create the s3fs staging folder: {e}")))?;
+            .map_err(|e| MountError::host("cannot create the s3fs staging folder", e))?;
         // What a Mount interrupted by a crash or a timeout wrote into the bare folder (a
         // folder creation that outlived its s3fs) would make s3fs refuse the folder as "not
         // empty" forever: it is no bucket's data, so it goes.
         clear_folder(&path)
-            .map_err(|e| MountError(format!("cannot clear {}: {e}", path.display())))?;
+            .map_err(|e| MountError::host(format!("cannot clear {}", path.display()), e))?;
         let log_path = self.log_path(name);
-        let log = open_log(&self.cfg.state_dir, name)
-            .map_err(|e| MountError(format!("cannot open s3fs log {}: {e}", log_path.display())))?;
+        let log = open_log(&self.cfg.state_dir, name).map_err(|e| {
+            MountError::host(format!("cannot open s3fs log {}", log_path.display()), e)
+        })?;
         let log2 = log
             .try_clone()
-            .map_err(|e| MountError(format!("cannot open s3fs log: {e}")))?;
+            .map_err(|e| MountError::host("cannot open s3fs log", e))?;
         if spec.options.tuning.cache {
             fsutil::sub_dir(&self.cfg.state_dir, &Path::new("cache").join(name))
-                .map_err(|e| MountError(format!("cannot create the cache folder: {e}")))?;
+                .map_err(|e| MountError::host("cannot create the cache folder", e))?;
         }
 
         let mut cmd = Command::new(&self.cfg.program);
@@ -408,10 +409,10 @@ impl<S: Sys> S3fsMounter<S> {
         let started = Instant::now();
         let spawned = self.sys.spawn(cmd).map_err(|e| {
             let _ = fs::remove_dir(&path);
-            MountError(format!(
-                "cannot start {}: {e} (is s3fs installed?)",
-                self.cfg.program
-            ))
+            MountError::Spawn {
+                program: self.cfg.program.clone(),
+                error: e.to_string(),
+            }
         })?;
         let pid = spawned.pid;
         tracing::debug!(shared = name, pid, "s3fs started");
@@ -446,9 +447,7 @@ impl<S: Sys> S3fsMounter<S> {
                 let said = log_tail(&log_path);
                 let _ = self.sys.unmount(&path);
                 let _ = fs::remove_dir(&path);
-                return Err(MountError(format!(
-                    "s3fs exited before the mount was ready: {said}"
-                )));
+                return Err(MountError::Exited { said });
             }
             // s3fs checks the bucket inside FUSE's init, so the probe can block until that
             // check gives up: it must not hold the Mount past its deadline.
@@ -472,10 +471,10 @@ impl<S: Sys> S3fsMounter<S> {
                 // Not mounted (or not answering): it serves nobody.
                 self.stop_process(&path, &mut process, true).await;
                 let said = log_tail(&log_path);
-                return Err(MountError(format!(
-                    "s3fs did not make the mount ready within {} s (--mount-timeout); s3fs said: {said}",
-                    self.cfg.mount_timeout.as_secs()
-                )));
+                return Err(MountError::NeverReady {
+                    after: self.cfg.mount_timeout,
+                    said,
+                });
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(25));
@@ -587,21 +586,22 @@ fn prepare_target<S: Sys>(
         if sys::mount_at(&sy.mounts(), &target).is_none() {
             break;
         }
-        sy.unmount(&target).map_err(MountError)?;
+        sy.unmount(&target).map_err(MountError::System)?;
     }
     if sys::mount_at(&sy.mounts(), &target).is_some() {
-        return Err(MountError(format!(
-            "{} is still mounted by something else and cannot be cleared",
-            target.display()
-        )));
+        return Err(MountError::StillMounted { target });
     }
-    let root = fsutil::open_dir(mount_root).map_err(|e| MountError(e.to_string()))?;
+    let root = fsutil::open_dir(mount_root)
+        .map_err(|e| MountError::host("cannot open the mount root", e))?;
     fsutil::open_beneath(root.as_fd(), Path::new(volume), Some(0o755), true).map_err(|e| {
-        MountError(format!(
-            "cannot create mount point {} in {}: {e}",
-            target.display(),
-            mount_root.display()
-        ))
+        MountError::host(
+            format!(
+                "cannot create mount point {} in {}",
+                target.display(),
+                mount_root.display()
+            ),
+            e,
+        )
     })
 }
 
@@ -701,11 +701,10 @@ impl<S: Sys> Mounter for S3fsMounter<S> {
                 Err(bounded::Unanswered::TimedOut(_)) => {
                     // Slow is not dead: the volumes on it keep their mounts and writers.
                     live.slow.store(true, Ordering::Release);
-                    return Err(MountError(format!(
-                        "the s3fs of bucket {:?} did not answer within {} s (--mount-timeout); it is left running for the volumes that use it (a stalled or throttling store?)",
-                        spec.options.bucket,
-                        self.cfg.mount_timeout.as_secs()
-                    )));
+                    return Err(MountError::SharedUnanswered {
+                        bucket: spec.options.bucket.clone(),
+                        after: self.cfg.mount_timeout,
+                    });
                 }
             }
         }
@@ -713,16 +712,16 @@ impl<S: Sys> Mounter for S3fsMounter<S> {
             self.start(spec, &name, &mut s).await?;
         }
         let Some(live) = s.process.as_ref().map(|p| p.live.clone()) else {
-            return Err(MountError("s3fs is not running after its start".into()));
+            return Err(MountError::NotRunning);
         };
 
         // Joining compares the whole identity, not only the name.
         let identity = Identity::of(spec);
         let joined = match &s.identity {
-            Some(running) if *running != identity => Err(MountError(format!(
-                "the shared s3fs {name} runs with other settings than volume {:?} asks for; not joined",
-                spec.volume
-            ))),
+            Some(running) if *running != identity => Err(MountError::OtherSettings {
+                name: name.clone(),
+                volume: spec.volume.clone(),
+            }),
             _ => {
                 s.identity = Some(identity);
                 Ok(())
@@ -744,7 +743,7 @@ impl<S: Sys> Mounter for S3fsMounter<S> {
         let phase = Arc::new(std::sync::atomic::AtomicU8::new(RUNNING));
         let (ph, sy) = (phase.clone(), self.sys.clone());
         let mut task = tokio::task::spawn_blocking(move || -> Result<(), MountError> {
-            let late = || MountError("the mount was given up at its deadline".into());
+            let late = || MountError::GivenUp;
             let cancelled = || ph.load(Ordering::Acquire) == CANCELLED;
             joined?;
             if cancelled() {
@@ -789,10 +788,9 @@ impl<S: Sys> Mounter for S3fsMounter<S> {
                     .compare_exchange(RUNNING, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok()
                 {
-                    Ok(Err(MountError(format!(
-                        "the mount did not answer within {} s (--mount-timeout)",
-                        self.cfg.mount_timeout.as_secs()
-                    ))))
+                    Ok(Err(MountError::Deadline {
+                        after: self.cfg.mount_timeout,
+                    }))
                 } else {
                     // It finished in the same instant: its result stands.
                     task.await
@@ -801,7 +799,7 @@ impl<S: Sys> Mounter for S3fsMounter<S> {
         };
         let result = match result {
             Ok(r) => r,
-            Err(join) => Err(MountError(format!("mount task failed: {join}"))),
+            Err(join) => Err(MountError::Task(join.to_string())),
         };
         match result {
             Ok(()) => {
@@ -835,7 +833,7 @@ impl<S: Sys> Mounter for S3fsMounter<S> {
         .await
         .unwrap_or_else(|e| Err(format!("unmount of {}: {e}", target.display())));
         self.release(target).await;
-        r.map_err(MountError)
+        r.map_err(MountError::System)
     }
 
     async fn adopt(&self, target: &Path, recorded: Option<&str>) -> Adoption {

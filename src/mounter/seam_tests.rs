@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::mounter::fakesys::{Call, Fault, FaultySys, Kind, RecordingSys, State};
+use crate::mounter::Cause;
 
 type Fake = FaultySys<RecordingSys>;
 
@@ -232,9 +233,11 @@ async fn an_s3fs_that_never_gets_ready_fails_the_mount_at_its_timeout_and_leaves
     r.fake().set_mount_on_spawn(false);
     let e = r.m.mount(&r.spec("v", B)).await.unwrap_err();
     assert!(
-        e.0.contains("did not make the mount ready") && e.0.contains("--mount-timeout"),
+        e.to_string().contains("did not make the mount ready")
+            && e.to_string().contains("--mount-timeout"),
         "{e}"
     );
+    assert!(matches!(e, MountError::NeverReady { .. }), "{e:?}");
     assert!(r.fake().live_pids().is_empty());
     assert!(!r.fake().is_mounted(&r.target("v")));
     let name = r.m.shared_name(&r.spec("v", B));
@@ -248,9 +251,10 @@ async fn a_bind_that_hangs_fails_the_mount_at_its_timeout_and_is_undone_when_it_
     r.sys.arm(Kind::Bind, 1, Fault::Hang);
     let e = r.m.mount(&r.spec("b", B)).await.unwrap_err();
     assert!(
-        e.0.contains("did not answer") && e.0.contains("--mount-timeout"),
+        e.to_string().contains("did not answer") && e.to_string().contains("--mount-timeout"),
         "{e}"
     );
+    assert!(matches!(e, MountError::Deadline { .. }), "{e:?}");
     assert_eq!(r.m.health(&r.target("b")), Health::NotMounted);
     // The bind lands after the Mount answered: it must be undone at once.
     r.sys.release();
@@ -276,7 +280,8 @@ async fn a_hang_in_the_first_bind_leaves_no_process_mount_or_folder() {
     let r = Rig::new(Duration::from_millis(300));
     r.sys.arm(Kind::Bind, 1, Fault::Hang);
     let e = r.m.mount(&r.spec("v", B)).await.unwrap_err();
-    assert!(e.0.contains("--mount-timeout"), "{e}");
+    assert!(e.to_string().contains("--mount-timeout"), "{e}");
+    assert_eq!(e.cause(), Cause::Timeout, "{e:?}");
     assert!(r.fake().live_pids().is_empty());
     r.sys.release();
     let target = r.target("v");
@@ -300,9 +305,10 @@ async fn a_stopped_s3fs_is_slow_never_killed_and_a_join_fails_at_the_timeout() {
     r.fake().set_state(pid, State::Stopped);
     let e = r.m.mount(&r.spec("b", B)).await.unwrap_err();
     assert!(
-        e.0.contains("did not answer") && e.0.contains("left running"),
+        e.to_string().contains("did not answer") && e.to_string().contains("left running"),
         "{e}"
     );
+    assert!(matches!(e, MountError::SharedUnanswered { .. }), "{e:?}");
     assert_eq!(r.m.health(&r.target("a")), Health::Slow);
     assert_eq!(r.m.probe(&r.target("a")).await, Health::Slow);
     assert!(!r.fake().signalled(pid));
@@ -352,14 +358,17 @@ async fn an_s3fs_dying_during_its_start_fails_the_mount_with_its_words() {
     r.sys.arm(Kind::FuseReady, 1, Fault::Die);
     let e = r.m.mount(&r.spec("v", B)).await.unwrap_err();
     assert!(
-        e.0.contains("s3fs exited before the mount was ready"),
+        e.to_string()
+            .contains("s3fs exited before the mount was ready"),
         "{e}"
     );
+    assert!(matches!(e, MountError::Exited { .. }), "{e:?}");
     assert!(r.fake().live_pids().is_empty());
     assert!(!r.target("v").exists());
     r.sys.arm(Kind::Spawn, 1, Fault::Fail);
     let e = r.m.mount(&r.spec("v", B)).await.unwrap_err();
-    assert!(e.0.contains("cannot start s3fs"), "{e}");
+    assert!(e.to_string().contains("cannot start s3fs"), "{e}");
+    assert!(matches!(e, MountError::Spawn { .. }), "{e:?}");
     // Faults are one-off: the next Mount works.
     r.mount("v", B).await;
 }

@@ -422,7 +422,7 @@ impl Sys for Linux {
 
     fn bind_view(&self, b: BindView<'_>) -> Result<(), MountError> {
         bind(b.source, b.target, b.shown, b.read_only)
-            .map_err(MountError)
+            .map_err(MountError::System)
             .and_then(|()| resolve::check_view(b.view.0, b.view.1, b.view.2))
     }
 

@@ -494,7 +494,10 @@ mod tests {
                 "system",
             ),
             (
-                MountError::System("bind mount of /a on /b failed: EPERM".into()),
+                MountError::Table(crate::mounter::sys::TableError::Unmount {
+                    path: "/b".into(),
+                    errno: nix::errno::Errno::EBUSY,
+                }),
                 "system",
             ),
             (

@@ -17,7 +17,7 @@ use nix::sys::signal::Signal;
 use tokio::process::Command;
 use tokio::sync::watch;
 
-use super::sys::{mount_at, BindView, MountEntry, Spawned, Sys};
+use super::sys::{mount_at, BindView, MountEntry, Spawned, Sys, TableError};
 use super::MountError;
 
 /// The longest a pretended hang lasts when a test forgets to end it: the tokio runtime of a
@@ -166,14 +166,23 @@ impl RecordingSys {
     }
 
     /// Bind the folder `root` of the file system mounted at `source` onto `target`.
-    pub fn add_bind(&self, source: &Path, root: &str, target: &Path) -> Result<(), String> {
+    pub fn add_bind(&self, source: &Path, root: &str, target: &Path) -> Result<(), TableError> {
         let mut t = self.lock();
         Self::new_bind(&mut t, source, root, target)
     }
 
-    fn new_bind(t: &mut Tables, source: &Path, root: &str, target: &Path) -> Result<(), String> {
+    fn new_bind(
+        t: &mut Tables,
+        source: &Path,
+        root: &str,
+        target: &Path,
+    ) -> Result<(), TableError> {
         let Some(src) = mount_at(&t.mounts, source) else {
-            return Err(format!("{} is no mount", source.display()));
+            return Err(TableError::Bind {
+                from: source.to_path_buf(),
+                onto: target.to_path_buf(),
+                errno: Errno::EINVAL,
+            });
         };
         t.mounts.push(MountEntry {
             dev: src.dev,
@@ -301,7 +310,7 @@ impl Sys for RecordingSys {
         t.mounts.clone()
     }
 
-    fn unmount(&self, path: &Path) -> Result<(), String> {
+    fn unmount(&self, path: &Path) -> Result<(), TableError> {
         let mut t = self.record(Call::Unmount(path.to_path_buf()));
         let Some(i) = t.mounts.iter().rposition(|m| m.mount_point == path) else {
             return Ok(());
@@ -324,7 +333,7 @@ impl Sys for RecordingSys {
             b.read_only.is_some(),
         ));
         let (target, shared, prefix) = b.view;
-        Self::new_bind(&mut t, shared, prefix.unwrap_or(""), target).map_err(MountError::System)
+        Self::new_bind(&mut t, shared, prefix.unwrap_or(""), target).map_err(MountError::Table)
     }
 
     fn statvfs(&self, path: &Path) -> Result<(), Errno> {
@@ -529,16 +538,23 @@ impl<S: Sys> Sys for FaultySys<S> {
         self.inner.mounts()
     }
 
-    fn unmount(&self, path: &Path) -> Result<(), String> {
+    fn unmount(&self, path: &Path) -> Result<(), TableError> {
         if !self.at(Kind::Unmount) {
-            return Err(format!("unmount of {} failed: injected", path.display()));
+            return Err(TableError::Unmount {
+                path: path.to_path_buf(),
+                errno: Errno::EBUSY,
+            });
         }
         self.inner.unmount(path)
     }
 
     fn bind_view(&self, b: BindView<'_>) -> Result<(), MountError> {
         if !self.at(Kind::Bind) {
-            return Err(MountError::System("bind mount failed: injected".into()));
+            return Err(MountError::Table(TableError::Bind {
+                from: b.shown.0.to_path_buf(),
+                onto: b.shown.1.to_path_buf(),
+                errno: Errno::EPERM,
+            }));
         }
         self.inner.bind_view(b)
     }

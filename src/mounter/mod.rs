@@ -90,9 +90,8 @@ pub enum MountError {
     /// A local step (a folder, a log file) failed: what was being done, and the system's answer.
     #[error("{doing}: {error}")]
     Host { doing: String, error: String },
-    /// A mount-table change (bind, unmount) refused, in the words of [`sys`], which name the path.
-    #[error("{0}")]
-    System(String),
+    #[error(transparent)]
+    Table(#[from] sys::TableError),
     #[error("mount task failed: {0}")]
     Task(String),
 }
@@ -126,7 +125,7 @@ impl MountError {
             | MountError::NotAView { .. }
             | MountError::StillMounted { .. }
             | MountError::Host { .. }
-            | MountError::System(_)
+            | MountError::Table(_)
             | MountError::Task(_) => Cause::System,
         }
     }

@@ -363,7 +363,7 @@ impl<S: Sys> S3fsMounter<S> {
             bounded::run(self.cfg.mount_timeout, move || sy.unmount(&p))
                 .await
                 .map_err(|e| MountError::host(format!("unmounting {}", path.display()), e))?
-                .map_err(MountError::System)?;
+                .map_err(MountError::Table)?;
         }
         // Made (or checked) once nothing is mounted there: a dead FUSE mount answers nothing.
         fsutil::sub_dir(&self.cfg.mount_root, &Path::new(SHARED_DIR).join(name))
@@ -586,7 +586,7 @@ fn prepare_target<S: Sys>(
         if sys::mount_at(&sy.mounts(), &target).is_none() {
             break;
         }
-        sy.unmount(&target).map_err(MountError::System)?;
+        sy.unmount(&target).map_err(MountError::Table)?;
     }
     if sys::mount_at(&sy.mounts(), &target).is_some() {
         return Err(MountError::StillMounted { target });
@@ -830,10 +830,15 @@ impl<S: Sys> Mounter for S3fsMounter<S> {
             let _ = fs::remove_dir(&t);
             r
         })
-        .await
-        .unwrap_or_else(|e| Err(format!("unmount of {}: {e}", target.display())));
+        .await;
         self.release(target).await;
-        r.map_err(MountError::System)
+        match r {
+            Ok(r) => r.map_err(MountError::Table),
+            Err(e) => Err(MountError::host(
+                format!("unmount of {}", target.display()),
+                e,
+            )),
+        }
     }
 
     async fn adopt(&self, target: &Path, recorded: Option<&str>) -> Adoption {

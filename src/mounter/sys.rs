@@ -82,7 +82,28 @@ pub fn mount_at(table: &[MountEntry], path: &Path) -> Option<MountEntry> {
     table.iter().rev().find(|m| m.mount_point == path).cloned()
 }
 
-fn bind_once(source: &Path, target: &Path, shown: (&Path, &Path)) -> Result<(), String> {
+/// A change to the mount table that could not be made, with the paths a person knows (not the
+/// `/proc/self/fd` names the change was made through).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TableError {
+    #[error("bind mount of {} on {} failed: {}", .from.display(), .onto.display(), .errno.desc())]
+    Bind {
+        from: PathBuf,
+        onto: PathBuf,
+        errno: Errno,
+    },
+    #[error("read-only remount of {} failed: {}", .at.display(), .errno.desc())]
+    ReadOnly { at: PathBuf, errno: Errno },
+    #[error("making {} a private mount failed: {}", .dir.display(), .errno.desc())]
+    Private { dir: PathBuf, errno: Errno },
+    #[error("unmount of {} failed: {}", .path.display(), .errno.desc())]
+    Unmount { path: PathBuf, errno: Errno },
+    /// A folder of the daemon's own (the staging folder of read-only binds) could not be used.
+    #[error("{}", .error)]
+    Folder { error: String },
+}
+
+fn bind_once(source: &Path, target: &Path, shown: (&Path, &Path)) -> Result<(), TableError> {
     mount(
         Some(source),
         target,
@@ -90,13 +111,10 @@ fn bind_once(source: &Path, target: &Path, shown: (&Path, &Path)) -> Result<(), 
         MsFlags::MS_BIND,
         None::<&str>,
     )
-    .map_err(|e| {
-        format!(
-            "bind mount of {} on {} failed: {}",
-            shown.0.display(),
-            shown.1.display(),
-            e.desc()
-        )
+    .map_err(|errno| TableError::Bind {
+        from: shown.0.to_path_buf(),
+        onto: shown.1.to_path_buf(),
+        errno,
     })
 }
 
@@ -116,32 +134,33 @@ pub fn bind(
     target: BorrowedFd<'_>,
     shown: (&Path, &Path),
     read_only: Option<(&Path, &str)>,
-) -> Result<(), String> {
+) -> Result<(), TableError> {
     let (src, dst) = (fd_path(source), fd_path(target));
     let Some((stage_root, volume)) = read_only else {
         return bind_once(&src, &dst, shown);
     };
     make_private_mount(stage_root)?;
-    let root_fd = open_dir(stage_root).map_err(|e| e.to_string())?;
+    let root_fd = open_dir(stage_root).map_err(|e| TableError::Folder {
+        error: e.to_string(),
+    })?;
     // A staging bind a crashed run left would hide the folder itself.
     let stage = stage_root.join(volume);
     let _ = unmount(&stage);
     let stage_fd =
         open_beneath(root_fd.as_fd(), Path::new(volume), Some(0o700), true).map_err(|e| {
-            format!(
-                "cannot make staging folder in {}: {e}",
-                stage_root.display()
-            )
+            TableError::Folder {
+                error: format!(
+                    "cannot make staging folder in {}: {e}",
+                    stage_root.display()
+                ),
+            }
         })?;
     bind_once(&src, &fd_path(stage_fd.as_fd()), (shown.0, &stage))?;
     let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
     let result = mount(None::<&str>, &stage, None::<&str>, flags, None::<&str>)
-        .map_err(|e| {
-            format!(
-                "read-only remount of {} failed: {}",
-                stage.display(),
-                e.desc()
-            )
+        .map_err(|errno| TableError::ReadOnly {
+            at: stage.clone(),
+            errno,
         })
         .and_then(|()| bind_once(&stage, &dst, (&stage, shown.1)));
     let _ = umount2(&stage, MntFlags::MNT_DETACH);
@@ -151,8 +170,10 @@ pub fn bind(
 
 /// Make `dir` (a folder the daemon checked at start, see [`crate::fsutil::sub_dir`]) a mount
 /// of its own with private propagation, so mounts made inside it are seen nowhere else.
-pub fn make_private_mount(dir: &Path) -> Result<(), String> {
-    let fd = open_dir(dir).map_err(|e| e.to_string())?;
+pub fn make_private_mount(dir: &Path) -> Result<(), TableError> {
+    let fd = open_dir(dir).map_err(|e| TableError::Folder {
+        error: e.to_string(),
+    })?;
     if mount_at(&mounts(), dir).is_none() {
         let p = fd_path(fd.as_fd());
         bind_once(&p, &p, (dir, dir))?;
@@ -164,27 +185,23 @@ pub fn make_private_mount(dir: &Path) -> Result<(), String> {
         MsFlags::MS_PRIVATE,
         None::<&str>,
     )
-    .map_err(|e| {
-        format!(
-            "making {} a private mount failed: {}",
-            dir.display(),
-            e.desc()
-        )
+    .map_err(|errno| TableError::Private {
+        dir: dir.to_path_buf(),
+        errno,
     })
 }
 
 /// Unmount `path`; a busy or dead mount is detached lazily (it goes away when its last user
 /// does). Not being mounted is success.
-pub fn unmount(path: &Path) -> Result<(), String> {
+pub fn unmount(path: &Path) -> Result<(), TableError> {
     match umount2(path, MntFlags::empty()) {
         Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => Ok(()),
         Err(_) => match umount2(path, MntFlags::MNT_DETACH) {
             Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => Ok(()),
-            Err(e) => Err(format!(
-                "unmount of {} failed: {}",
-                path.display(),
-                e.desc()
-            )),
+            Err(errno) => Err(TableError::Unmount {
+                path: path.to_path_buf(),
+                errno,
+            }),
         },
     }
 }
@@ -378,7 +395,7 @@ pub trait Sys: Send + Sync + 'static {
     /// The mount table of this process's namespace.
     fn mounts(&self) -> Vec<MountEntry>;
     /// See [`unmount`].
-    fn unmount(&self, path: &Path) -> Result<(), String>;
+    fn unmount(&self, path: &Path) -> Result<(), TableError>;
     /// Bind a volume (see [`BindView`]).
     fn bind_view(&self, b: BindView<'_>) -> Result<(), MountError>;
     /// See [`statvfs_ok`].
@@ -416,13 +433,13 @@ impl Sys for Linux {
         mounts()
     }
 
-    fn unmount(&self, path: &Path) -> Result<(), String> {
+    fn unmount(&self, path: &Path) -> Result<(), TableError> {
         unmount(path)
     }
 
     fn bind_view(&self, b: BindView<'_>) -> Result<(), MountError> {
         bind(b.source, b.target, b.shown, b.read_only)
-            .map_err(MountError::System)
+            .map_err(MountError::Table)
             .and_then(|()| resolve::check_view(b.view.0, b.view.1, b.view.2))
     }
 

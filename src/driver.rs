@@ -19,9 +19,9 @@ use dashmap::DashMap;
 use tokio::sync::{oneshot, watch};
 
 use crate::backends::{Backend, Backends};
-use crate::error::{Error, Result};
+use crate::error::{unresolvable, Error, Result};
 use crate::mounter::{Adoption, Health, MountSpec, Mounter};
-use crate::options::{validate_volume_name, VolumeOptions};
+use crate::options::{validate_volume_name, OptionError, VolumeOptions};
 use crate::s3check::BucketChecker;
 use crate::state::{Store, VolumeRecord};
 
@@ -114,7 +114,7 @@ struct Volume {
     /// The parsed options, or why this version refuses the stored ones. Such a volume stays
     /// listed, keeps its live mount and its holders, and answers their Unmounts; only a new
     /// mount of it fails, saying why.
-    options: std::result::Result<VolumeOptions, String>,
+    options: std::result::Result<VolumeOptions, OptionError>,
     created_at: String,
     target: PathBuf,
     state: tokio::sync::Mutex<VolState>,
@@ -129,7 +129,7 @@ impl Volume {
     fn new(
         name: &str,
         raw: BTreeMap<String, String>,
-        options: std::result::Result<VolumeOptions, String>,
+        options: std::result::Result<VolumeOptions, OptionError>,
         created_at: String,
         root: &Path,
         list_gen: &Arc<AtomicU64>,
@@ -230,9 +230,8 @@ impl<M: Mounter> Driver<M> {
         let list_gen = Arc::new(AtomicU64::new(0));
         let config = backends.path().display().to_string();
         for (name, rec) in store.records() {
-            let options = VolumeOptions::parse(&name, &rec.options, &config).map_err(|e| {
+            let options = VolumeOptions::parse(&name, &rec.options, &config).inspect_err(|e| {
                 tracing::error!(volume = %name, error = %e, "volume in the state has options this version refuses; it stays listed and keeps its live mount, but cannot be mounted anew");
-                format!("its stored options are refused by this bai-s3 ({e})")
             });
             let v = Volume::new(
                 &name,
@@ -305,9 +304,9 @@ impl<M: Mounter> Driver<M> {
     }
 
     fn spec(&self, vol: &Volume) -> Result<MountSpec> {
-        let options = vol.options.clone().map_err(|problem| Error::Unresolvable {
+        let options = vol.options.clone().map_err(|refused| Error::Unresolvable {
             name: vol.name.clone(),
-            problem,
+            refused,
         })?;
         Ok(MountSpec {
             volume: vol.name.clone(),
@@ -678,7 +677,7 @@ impl<M: Mounter> Driver<M> {
                     )
                 }),
             ),
-            Err(problem) => (Shown::Refused(vol.raw.clone()), Some(problem.clone())),
+            Err(refused) => (Shown::Refused(vol.raw.clone()), Some(unresolvable(refused))),
         };
         let status = VolumeStatus {
             settings,
@@ -837,9 +836,9 @@ fn same_or_conflict(existing: &Volume, options: &VolumeOptions) -> Result<()> {
             name: existing.name.clone(),
             differences: o.differences(options),
         }),
-        Err(problem) => Err(Error::Unresolvable {
+        Err(refused) => Err(Error::Unresolvable {
             name: existing.name.clone(),
-            problem: problem.clone(),
+            refused: refused.clone(),
         }),
     }
 }

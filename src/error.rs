@@ -28,8 +28,10 @@ pub enum Error {
     InUse { name: String, holders: u64 },
     #[error(transparent)]
     Bucket(#[from] BucketError),
-    #[error("volume {name:?} cannot be mounted anew: {problem}; its live mounts are kept. Remove it when no container uses it (docker volume rm) and create it again")]
-    Unresolvable { name: String, problem: String },
+    /// A volume in the state whose stored options this version refuses (an upgrade or a
+    /// downgrade changed the rules): it stays listed and keeps its live mounts.
+    #[error("volume {name:?} cannot be mounted anew: {}; its live mounts are kept. Remove it when no container uses it (docker volume rm) and create it again", unresolvable(.refused))]
+    Unresolvable { name: String, refused: OptionError },
     #[error("mounting volume {name:?} failed: {source}")]
     Mount {
         name: String,
@@ -44,6 +46,11 @@ pub enum Error {
     ShuttingDown,
     #[error("internal error in bai-s3: {0}")]
     Internal(String),
+}
+
+/// Why a stored volume cannot be mounted anew, as Get's `problem` and the Mount's Err say it.
+pub fn unresolvable(refused: &OptionError) -> String {
+    format!("its stored options are refused by this bai-s3 ({refused})")
 }
 
 fn known_list(known: &[String]) -> String {

@@ -52,10 +52,25 @@ pub struct VolumeStatus {
     pub health: Health,
     /// When `mounted` last changed.
     pub since: SystemTime,
-    /// The last failed mount attempt's message.
-    pub last_error: Option<String>,
+    /// The last failed mount attempt.
+    pub last_error: Option<Error>,
     /// Why a new mount of this volume would fail, while its existing mounts go on.
-    pub problem: Option<String>,
+    pub problem: Option<Problem>,
+}
+
+/// Why a new mount of a volume would fail while its existing mounts go on: shown by Get before
+/// anyone tries.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Problem {
+    #[error("backend {backend:?} is not configured in {path}{}", .file_problem.as_ref().map(|p| format!(" ({p})")).unwrap_or_default())]
+    NoBackend {
+        backend: String,
+        path: String,
+        /// Why the file on disk is not in use, when it is not.
+        file_problem: Option<String>,
+    },
+    #[error("{}", unresolvable(.0))]
+    Refused(OptionError),
 }
 
 /// A volume's options as this version reads them, or the stored ones it refuses (shown as
@@ -81,8 +96,8 @@ struct VolState {
     holders: BTreeMap<String, u64>,
     mounted: bool,
     removed: bool,
-    /// The message of the last failed mount attempt, for Status.
-    last_failure: Option<String>,
+    /// The last failed mount attempt, for Status.
+    last_failure: Option<Error>,
     /// The delayed unmount waiting out `--unmount-delay` after the last holder left; a new
     /// holder, Remove or shutdown cancels it. Only code holding this state aborts it, so it is
     /// never cut off half-way through its unmount (it takes the same lock first).
@@ -97,7 +112,7 @@ struct View {
     holders: u64,
     mounted: bool,
     since: SystemTime,
-    last_error: Option<String>,
+    last_error: Option<Error>,
 }
 
 /// One queued Mount: the caller's ID and where its answer goes.
@@ -516,7 +531,7 @@ impl<M: Mounter> Driver<M> {
             }
             Err(e) => {
                 crate::metrics::mount_failed(e);
-                st.last_failure = Some(e.to_string());
+                st.last_failure = Some(e.clone());
                 tracing::warn!(volume = %vol.name, error = %e, "mount failed");
             }
         }
@@ -665,19 +680,16 @@ impl<M: Mounter> Driver<M> {
         let (settings, problem) = match &vol.options {
             Ok(o) => (
                 Shown::Parsed(o.clone()),
-                (!backends.contains_key(&o.backend)).then(|| {
-                    format!(
-                        "backend {:?} is not configured in {}{}",
-                        o.backend,
-                        self.backends.path().display(),
-                        self.backends
-                            .problem()
-                            .map(|p| format!(" ({p})"))
-                            .unwrap_or_default()
-                    )
+                (!backends.contains_key(&o.backend)).then(|| Problem::NoBackend {
+                    backend: o.backend.clone(),
+                    path: self.backends.path().display().to_string(),
+                    file_problem: self.backends.problem(),
                 }),
             ),
-            Err(refused) => (Shown::Refused(vol.raw.clone()), Some(unresolvable(refused))),
+            Err(refused) => (
+                Shown::Refused(vol.raw.clone()),
+                Some(Problem::Refused(refused.clone())),
+            ),
         };
         let status = VolumeStatus {
             settings,

@@ -136,10 +136,10 @@ pub fn status_json(s: &VolumeStatus) -> Map<String, Value> {
         json!(humantime::format_rfc3339_seconds(s.since).to_string()),
     );
     if let Some(e) = &s.last_error {
-        m.insert("last-error".into(), json!(e));
+        m.insert("last-error".into(), json!(e.to_string()));
     }
     if let Some(p) = &s.problem {
-        m.insert("problem".into(), json!(p));
+        m.insert("problem".into(), json!(p.to_string()));
     }
     m
 }

@@ -1,6 +1,6 @@
 //! Raw S3 beyond the test support's client: many small PUTs for the set-up, and the floor of
-//! the data path (multipart PUT, ranged GETs), through the same SDK client on a runtime of
-//! its own sized like the bench's earlier one (a worker per CPU).
+//! the data path (multipart PUT, ranged GETs). Same SDK client, on a runtime of its own with a
+//! worker per CPU (the support's has two), so that the floor is not held down by the client.
 
 use std::time::{Duration, Instant};
 

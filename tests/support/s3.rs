@@ -7,7 +7,8 @@ pub struct S3 {
     rt: tokio::runtime::Runtime,
 }
 
-fn sdk_err<E: std::error::Error>(e: E) -> String {
+/// An SDK error with its whole chain of causes.
+pub fn sdk_err<E: std::error::Error>(e: E) -> String {
     format!("{}", aws_sdk_s3::error::DisplayErrorContext(e))
 }
 
@@ -52,6 +53,12 @@ impl S3 {
             client: aws_sdk_s3::Client::from_conf(conf),
             rt,
         }
+    }
+
+    /// The SDK client, for the operations this wrapper has no method for (the bench's
+    /// multipart upload and ranged reads).
+    pub fn client(&self) -> &aws_sdk_s3::Client {
+        &self.client
     }
 
     pub fn list_buckets(&self) -> Result<Vec<String>, String> {

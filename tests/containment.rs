@@ -562,9 +562,10 @@ fn the_restore_sweep_touches_only_what_is_provably_bai_s3s() {
     let pids = d.s3fs_pids();
     assert_eq!(pids.len(), 1);
 
-    // Someone else's s3fs of the same bucket, outside the mount root, with its own password file.
-    let other = tempfile::tempdir().unwrap();
-    let (bare_at, pw) = (other.path().join("bare"), other.path().join("passwd"));
+    // Someone else's s3fs of the same bucket, outside the mount root and the state folder (in
+    // the test's own folder, which the parallel tests' mount-table checks leave out), with its
+    // own password file.
+    let (bare_at, pw) = (d.dir.join("bare"), d.dir.join("bare-passwd"));
     fs::create_dir(&bare_at).unwrap();
     let be = s3.backend("default");
     write_private_file(&pw, &format!("{}:{}\n", be.access_key, be.secret_key));

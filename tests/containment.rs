@@ -330,10 +330,10 @@ fn a_local_user_cannot_reach_a_mounted_volume() {
     unmount_ok(&d, &v, &id);
 }
 
-/// Unmounts a tmpfs when dropped (after the daemon, declared later, is gone).
-struct Tmpfs(PathBuf);
+/// Detaches a mount the test made when dropped (after the daemon, declared later, is gone).
+struct Mounted(PathBuf);
 
-impl Drop for Tmpfs {
+impl Drop for Mounted {
     fn drop(&mut self) {
         let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
     }
@@ -352,18 +352,10 @@ fn a_huge_write_never_fills_the_state_folders_disk() {
     }
     let t = tempfile::tempdir().unwrap();
     let state = t.path().join("small-state");
-    fs::create_dir(&state).unwrap();
-    let out = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=80m,mode=0700", "tmpfs"])
-        .arg(&state)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let _tmpfs = mount_at(
+        &state,
+        &["-t", "tmpfs", "-o", "size=80m,mode=0700", "tmpfs"],
     );
-    let _tmpfs = Tmpfs(state.clone());
     const RESERVE: u64 = 40;
     let s3 = shared_s3();
     let sd = state.to_str().unwrap().to_string();
@@ -530,22 +522,21 @@ fn backends_that_differ_only_across_field_boundaries_get_their_own_s3fs() {
     unmount_ok(&d, &v2, &i2);
 }
 
-/// Mounts `what` (a tmpfs, or a bind of `from`) at `at`, which is made; detached when dropped.
-fn mount_at(at: &Path, from: Option<&Path>) -> Tmpfs {
-    fs::create_dir_all(at).unwrap();
-    let mut cmd = Command::new("mount");
-    match from {
-        Some(src) => cmd.arg("--bind").arg(src),
-        None => cmd.args(["-t", "tmpfs", "tmpfs"]),
-    };
-    let out = cmd.arg(at).output().unwrap();
+/// Runs `cmd`, which must succeed.
+fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
-        "mount at {}: {}",
-        at.display(),
+        "{cmd:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    Tmpfs(at.to_path_buf())
+}
+
+/// `mount ARGS AT` (AT made when missing); detached when dropped.
+fn mount_at<S: AsRef<std::ffi::OsStr>>(at: &Path, args: &[S]) -> Mounted {
+    fs::create_dir_all(at).unwrap();
+    run_ok(Command::new("mount").args(args).arg(at));
+    Mounted(at.to_path_buf())
 }
 
 #[test]
@@ -569,25 +560,16 @@ fn the_restore_sweep_touches_only_what_is_provably_bai_s3s() {
     fs::create_dir(&bare_at).unwrap();
     let be = s3.backend("default");
     write_private_file(&pw, &format!("{}:{}\n", be.access_key, be.secret_key));
-    let out = Command::new("s3fs")
-        .arg(&b)
-        .arg(&bare_at)
-        .args([
-            "-o",
-            &format!("url={}", be.endpoint),
-            "-o",
-            "use_path_request_style",
-        ])
-        .arg("-o")
-        .arg(format!("passwd_file={}", pw.display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new("s3fs")
+            .arg(&b)
+            .arg(&bare_at)
+            .args(["-o", &format!("url={}", be.endpoint)])
+            .args(["-o", "use_path_request_style"])
+            .arg("-o")
+            .arg(format!("passwd_file={}", pw.display())),
     );
-    let _bare = Tmpfs(bare_at.clone());
+    let _bare = Mounted(bare_at.clone());
     wait_for("the bare s3fs mount", Duration::from_secs(20), || {
         is_mountpoint(&bare_at).then_some(())
     });
@@ -601,10 +583,13 @@ fn the_restore_sweep_touches_only_what_is_provably_bai_s3s() {
         d.mount_root.join(format!("foreign-{tag}")),
         d.mount_root.join(".s3fs").join(format!("foreign-{tag}")),
     ];
-    let _foreign: Vec<Tmpfs> = foreign.iter().map(|p| mount_at(p, None)).collect();
+    let _foreign: Vec<Mounted> = foreign
+        .iter()
+        .map(|p| mount_at(p, &["-t", "tmpfs", "tmpfs"]))
+        .collect();
     // bai-s3's: a bind of its s3fs in the mount root that no volume holds (a dead run's).
     let stray = d.mount_root.join(format!("stray-{tag}"));
-    let _stray = mount_at(&stray, Some(&mp));
+    let _stray = mount_at(&stray, &[Path::new("--bind"), &mp]);
     assert!(is_mountpoint(&stray));
 
     d.restart();

@@ -12,18 +12,32 @@ use serde::{Deserialize, Serialize};
 /// Why a volume name or option was refused; the text is shown to the person who typed it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OptionError {
-    #[error("invalid volume name {name:?}: {why}; a name is 1-{max} characters of letters, digits, '_', '.' and '-', starting with a letter or digit", max = MAX_NAME_LEN)]
+    #[error("invalid volume name {}: {why}; a name is 1-{max} characters of letters, digits, '_', '.' and '-', starting with a letter or digit", shown(name), max = MAX_NAME_LEN)]
     InvalidName { name: String, why: &'static str },
-    #[error("unknown volume option {key:?}; allowed options: {}", ALLOWED_KEYS.join(", "))]
+    #[error("unknown volume option {}; allowed options: {}", shown(key), ALLOWED_KEYS.join(", "))]
     UnknownKey { key: String },
-    #[error("volume option {key:?} looks like a credential and is refused: Docker stores volume options in plain text and shows them in `docker volume inspect`; put credentials in the backends file ({config}) and choose it with -o backend=NAME")]
+    #[error("volume option {} looks like a credential and is refused: Docker stores volume options in plain text and shows them in `docker volume inspect`; put credentials in the backends file ({config}) and choose it with -o backend=NAME", shown(key))]
     Credential { key: String, config: String },
-    #[error("invalid value {value:?} for volume option {key:?}: {allowed}")]
+    #[error("invalid value {} for volume option {key:?}: {allowed}", shown(value))]
     BadValue {
         key: &'static str,
         value: String,
         allowed: &'static str,
     },
+}
+
+/// How much of a refused name, key or value a message quotes: enough to recognise it, never a
+/// megabyte echoed into a reply and the log line.
+const SHOWN_CHARS: usize = 80;
+
+/// `s` quoted for a message, cut after [`SHOWN_CHARS`] characters with its full length said.
+fn shown(s: &str) -> String {
+    let n = s.chars().count();
+    if n <= SHOWN_CHARS {
+        return format!("{s:?}");
+    }
+    let head: String = s.chars().take(SHOWN_CHARS).collect();
+    format!("{head:?}... ({n} characters)")
 }
 
 /// Longest volume name we accept; it becomes one path component.
@@ -155,7 +169,7 @@ impl VolumeOptions {
         for (key, value) in opts {
             match key.as_str() {
                 "bucket" => bucket = Some(parse_bucket(value)?),
-                "prefix" => o.prefix = parse_prefix(value)?,
+                "prefix" => o.prefix = Some(parse_prefix(value)?),
                 "backend" => o.backend = parse_backend_name(value)?,
                 "ro" => o.ro = parse_bool("ro", value)?,
                 "uid" => o.uid = parse_id("uid", value)?,
@@ -303,18 +317,26 @@ fn parse_bucket(value: &str) -> Result<String, OptionError> {
 
 const PREFIX_RULE: &str = "a key prefix like 'projects/alpha': path components of letters, digits and '_', '.', '-', '+', '@', separated by single '/', no '.' or '..' component, at most 512 characters";
 
+const PREFIX_EMPTY: &str = "the prefix names no folder; leave the prefix option out to mount the whole bucket, or name a folder like 'projects/alpha'";
+
 /// A prefix becomes a path below the bucket's root, so it must be a clean relative path.
-fn parse_prefix(value: &str) -> Result<Option<String>, OptionError> {
+fn parse_prefix(value: &str) -> Result<String, OptionError> {
     reject_special("prefix", value, PREFIX_RULE)?;
     let trimmed = value.trim_matches('/');
-    if trimmed.is_empty() {
-        return Ok(None);
-    }
     let bad = || OptionError::BadValue {
         key: "prefix",
         value: value.to_string(),
         allowed: PREFIX_RULE,
     };
+    // `prefix=/` names no folder: taking it as the whole bucket would hand out the bucket where
+    // an orchestrator meant a user's sub-folder. The whole bucket is the option left out.
+    if trimmed.is_empty() {
+        return Err(OptionError::BadValue {
+            key: "prefix",
+            value: value.to_string(),
+            allowed: PREFIX_EMPTY,
+        });
+    }
     if trimmed.len() > 512 {
         return Err(bad());
     }
@@ -329,7 +351,7 @@ fn parse_prefix(value: &str) -> Result<Option<String>, OptionError> {
             return Err(bad());
         }
     }
-    Ok(Some(trimmed.to_string()))
+    Ok(trimmed.to_string())
 }
 
 /// Backend names are keys of the backends file and appear in paths of shared mounts.
@@ -504,6 +526,39 @@ mod tests {
                 other => panic!("{k}={v}: {other}"),
             }
         }
+    }
+
+    #[test]
+    fn a_prefix_that_names_no_folder_is_refused() {
+        for v in ["", "/", "//", "///"] {
+            let e = parse(&[("prefix", v)]).unwrap_err();
+            assert!(
+                matches!(e, OptionError::BadValue { key: "prefix", .. }),
+                "prefix={v:?}: {e}"
+            );
+            assert!(e.to_string().contains("whole bucket"), "{e}");
+        }
+    }
+
+    #[test]
+    fn refused_input_is_quoted_cut_short() {
+        let huge = "x".repeat(1 << 20);
+        for e in [
+            parse(&[("uid", &huge)]).unwrap_err(),
+            parse(&[(huge.as_str(), "1")]).unwrap_err(),
+            parse(&[(format!("secret{huge}").as_str(), "1")]).unwrap_err(),
+            validate_volume_name(&huge).unwrap_err(),
+        ] {
+            let text = e.to_string();
+            assert!(text.len() < 1024, "{} bytes: {}", text.len(), &text[..200]);
+            assert!(
+                text.contains("(1048576 characters)") || text.contains("(1048582 characters)"),
+                "{text}"
+            );
+        }
+        // Short values are still quoted whole, so a person can see what was wrong.
+        let e = parse(&[("uid", "12a")]).unwrap_err().to_string();
+        assert!(e.contains("\"12a\""), "{e}");
     }
 
     #[test]

@@ -233,10 +233,12 @@ async fn handle<M: Mounter>(
     resp
 }
 
-/// Driver errors become a 200 reply carrying `Err` (what dockerd shows the user); the
-/// outcome text goes to the log line.
+/// Driver errors become a 500 reply carrying `Err`, as Docker's own plugin helpers answer:
+/// dockerd shows the `Err` text either way, but Podman reads only the status, and a refusal
+/// answered with 200 would be a success to it (an empty Mountpoint bound into a container).
+/// The outcome text goes to the log line.
 fn driver_err(e: Error) -> Refusal {
-    Refusal(StatusCode::OK, e.to_string())
+    Refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
 async fn route<M: Mounter>(

@@ -103,9 +103,15 @@ fn decode_chunked(mut b: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 /// A plugin reply as Docker reads it: an error when the status is not 200 or `Err` is non-empty.
+/// A refusal must be one to every client: an `Err` under status 200 (which Podman, reading only
+/// the status, would take for a success) panics.
 pub fn result_of(status: u16, v: &Value) -> Result<Value, String> {
     let err = v.get("Err").and_then(Value::as_str).unwrap_or("");
     if !err.is_empty() {
+        assert_ne!(
+            status, 200,
+            "a refusal answered with HTTP 200 is a success to Podman: {err}"
+        );
         return Err(err.to_string());
     }
     if status != 200 {

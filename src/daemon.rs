@@ -34,6 +34,8 @@ pub fn init_logging(level: &str, format: LogFormat) -> Result<(), String> {
 pub async fn serve(args: ServeArgs) -> Result<(), String> {
     // Before anything is written: folders that are links, not root's, or open to others are
     // refused as they are (never chmod-ed); missing ones are made 0700.
+    crate::fsutil::check_layout(&args.state_dir, &args.mount_root, &args.config)
+        .map_err(|e| format!("refusing to start: {e}"))?;
     let name_key = crate::fsutil::prepare_daemon_folders(&args.state_dir, &args.mount_root)
         .map_err(|e| format!("refusing to start: {e}"))?;
     let (store, report) = Store::open(&args.state_dir).map_err(|e| match e.kind() {

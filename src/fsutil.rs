@@ -38,6 +38,8 @@ pub enum DirError {
     Writable { path: PathBuf, mode: u32 },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("the mount root {mount_root} {why}; volumes are mounted at <mount root>/<volume name>, so a volume could be mounted over it: give --mount-root and --state-dir folders apart (the mount root may be a folder of its own inside the state folder, as the default {default} is)", default = "/var/lib/bai-s3/volumes")]
+    Overlap { mount_root: PathBuf, why: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(Errno) -> DirError + '_ {
@@ -397,6 +399,94 @@ pub fn open_private_file(dir: BorrowedFd<'_>, name: &str) -> io::Result<fs::File
     Ok(fs::File::from(own(fd)))
 }
 
+/// Names the daemon keeps in its state folder, and the names its store's files start with: a
+/// mount root inside the state folder must not be one of them.
+const STATE_ENTRIES: &[&str] = &[
+    "logs",
+    "cache",
+    "stage",
+    "tmp",
+    "lock",
+    "state.db",
+    "volumes.json",
+    NAME_KEY_FILE,
+];
+
+/// `p` made absolute, its longest existing ancestor resolved by the kernel (links followed)
+/// and the rest appended as written, so paths can be compared before anything is made.
+fn resolved(p: &Path) -> PathBuf {
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut base = abs.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = fs::canonicalize(base) {
+            let mut out = real;
+            for c in rest.iter().rev() {
+                match c {
+                    std::path::Component::ParentDir => {
+                        out.pop();
+                    }
+                    std::path::Component::CurDir => {}
+                    c => out.push(c),
+                }
+            }
+            return out;
+        }
+        match (base.parent(), base.components().next_back()) {
+            (Some(parent), Some(last)) => {
+                rest.push(last);
+                base = parent;
+            }
+            _ => return abs,
+        }
+    }
+}
+
+/// Refuse, before anything is made, a mount root that overlaps the daemon's own files: a volume
+/// named `logs` or `tmp` would otherwise be bound over the daemon's folders, and one named like
+/// the backends file over its configuration (a bucket's object read as backends).
+pub fn check_layout(state_dir: &Path, mount_root: &Path, config: &Path) -> Result<(), DirError> {
+    // A link as either folder is refused as such (the folders' own check says so too), before
+    // its target is compared.
+    for p in [state_dir, mount_root] {
+        if fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(DirError::Symlink {
+                path: p.to_path_buf(),
+            });
+        }
+    }
+    let (state, root, config) = (resolved(state_dir), resolved(mount_root), resolved(config));
+    let overlap = |why: String| {
+        Err(DirError::Overlap {
+            mount_root: mount_root.to_path_buf(),
+            why,
+        })
+    };
+    if root == state {
+        return overlap(format!("is the state folder {}", state_dir.display()));
+    }
+    if state.starts_with(&root) {
+        return overlap(format!("holds the state folder {}", state_dir.display()));
+    }
+    if config.starts_with(&root) {
+        return overlap(format!("holds the backends file {}", config.display()));
+    }
+    if let Ok(inner) = root.strip_prefix(&state) {
+        let first = inner
+            .components()
+            .next()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if STATE_ENTRIES.iter().any(|e| first.starts_with(e)) {
+            return overlap(format!(
+                "is {first:?} in the state folder {}, a name the daemon keeps its own files under",
+                state_dir.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// At start, before anything is written: the state folder (private), the mount root
 /// (reachable by root only), their sub-folders, and the key that names shared mounts.
 pub fn prepare_daemon_folders(
@@ -566,6 +656,37 @@ mod tests {
         }
         assert!(walk(b.as_fd(), Path::new("real/inner"), None, true).is_ok());
         assert!(!t.path().join("outside/x").exists());
+    }
+
+    #[test]
+    fn a_mount_root_over_the_daemons_own_files_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let state = t.path().join("state");
+        let config = t.path().join("etc/backends.toml");
+        let refused = |root: &Path, state: &Path, config: &Path| {
+            let e = check_layout(state, root, config).unwrap_err();
+            assert!(matches!(e, DirError::Overlap { .. }), "{e}");
+            e.to_string()
+        };
+        assert!(refused(&state, &state, &config).contains("is the state folder"));
+        assert!(
+            refused(&t.path().join("./state/../state/"), &state, &config)
+                .contains("is the state folder")
+        );
+        for sub in ["logs", "tmp", "stage", "cache", "state.db-wal", "lock"] {
+            let e = refused(&state.join(sub).join("v"), &state, &config);
+            assert!(e.contains(sub), "{e}");
+        }
+        assert!(refused(t.path(), &state, &config).contains("holds the state folder"));
+        assert!(refused(&t.path().join("etc"), &state, &config).contains("holds the backends file"));
+        // Through a link: the kernel's answer counts, not the spelling.
+        fs::create_dir_all(&state).unwrap();
+        std::os::unix::fs::symlink(&state, t.path().join("alias")).unwrap();
+        assert!(refused(&t.path().join("alias/logs"), &state, &config).contains("logs"));
+        // The default shape and folders apart are fine; nothing was made by the checks.
+        check_layout(&state, &state.join("volumes"), &config).unwrap();
+        check_layout(&state, &t.path().join("volumes"), &config).unwrap();
+        assert!(!state.join("logs").exists() && !t.path().join("volumes").exists());
     }
 
     #[test]

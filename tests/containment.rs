@@ -262,6 +262,24 @@ fn folders_open_to_local_users_are_refused_at_start_and_left_unchanged() {
         "something was written"
     );
 
+    // A mount root over the daemon's own folders: a volume named `logs` would be bound over them.
+    for (root, word) in [
+        (good_state.clone(), "is the state folder"),
+        (good_state.join("logs"), "logs"),
+        (dir.to_path_buf(), "holds the state folder"),
+    ] {
+        let e = refused_start(dir, &good_state, &root);
+        assert!(
+            e.contains(word) && e.contains("--mount-root"),
+            "{}: {e}",
+            root.display()
+        );
+    }
+    assert!(
+        !good_state.join("logs").exists(),
+        "a folder was made before the refusal"
+    );
+
     // A link as the state folder or the mount root is not followed.
     let link = dir.join("link");
     symlink(&good_state, &link).unwrap();

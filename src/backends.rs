@@ -139,6 +139,17 @@ pub fn parse(path: &str, text: &str) -> Result<BTreeMap<String, Backend>, Backen
                 "backend {name:?}: access-key and secret-key must not be empty"
             )));
         }
+        // s3fs reads keys as lines of text: a control character would split or end one.
+        for (what, key) in [
+            ("access-key", b.access_key.as_str()),
+            ("secret-key", b.secret_key.expose()),
+        ] {
+            if key.chars().any(char::is_control) {
+                return Err(invalid(format!(
+                    "backend {name:?}: {what} must not contain control characters"
+                )));
+            }
+        }
     }
     Ok(file.backends)
 }

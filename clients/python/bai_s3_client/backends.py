@@ -14,6 +14,7 @@ import math
 import os
 import re
 import tomllib
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,11 @@ DEFAULT_PATH = Path("/etc/bai-s3/backends.toml")
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _control(c: str) -> bool:
+    """A control character, as the daemon's Rust `char::is_control` says (category Cc)."""
+    return unicodedata.category(c) == "Cc"
 
 
 class BackendsFileError(ValueError):
@@ -60,12 +66,21 @@ class Backend:
                 f"backend name {name!r}: use 1-64 letters, digits, '_' or '-', starting with a "
                 "letter or digit"
             )
+        # Before any message that quotes the endpoint: user info may be a password (the daemon
+        # refuses it too: it would reach s3fs's argv and error messages).
+        authority = self.endpoint.split("://", 1)[-1]
+        authority = re.split(r"[/?#]", authority, maxsplit=1)[0]
+        if "@" in authority:
+            raise BackendsFileError(
+                f"backend {name!r}: endpoint must not carry a user name or password "
+                '("user:pass@" before the host); put the credentials in access-key and secret-key'
+            )
         if not self.endpoint.startswith(("http://", "https://")):
             raise BackendsFileError(
                 f"backend {name!r}: endpoint {self.endpoint!r} must start with http:// or https://"
             )
         for what, value in (("endpoint", self.endpoint), ("region", self.region)):
-            if not value or any(c == "," or c.isspace() or not c.isprintable() for c in value):
+            if not value or any(c == "," or c.isspace() or _control(c) for c in value):
                 raise BackendsFileError(
                     f"backend {name!r}: {what} must be non-empty, without ',', spaces or "
                     "control characters"
@@ -73,7 +88,7 @@ class Backend:
         if not self.access_key or not self.secret_key:
             raise BackendsFileError(f"backend {name!r}: access-key and secret-key must not be empty")
         for what, value in (("access-key", self.access_key), ("secret-key", self.secret_key)):
-            if any(not c.isprintable() for c in value):
+            if any(_control(c) for c in value):
                 raise BackendsFileError(
                     f"backend {name!r}: {what} must not contain control characters"
                 )

@@ -106,6 +106,22 @@ def _mismatches(vol: VfolderVolume, status: dict[str, Any]) -> list[str]:
     ]
 
 
+async def _check_volume(
+    docker: aiodocker.Docker, name: str, vol: VfolderVolume, driver: str
+) -> None:
+    """Raises VolumeConflict unless volume `name` is `vol` as bai-s3 keeps it: this driver, these
+    options (read back from the plugin's Status, not from what a creator claimed)."""
+    info = await docker.volumes.get(name)
+    shown = await info.show()
+    if not _driver_matches(shown.get("Driver"), driver):
+        raise VolumeConflict(
+            f"volume {name} exists with driver {shown.get('Driver')!r}, not {driver!r}"
+        )
+    diff = _mismatches(vol, shown.get("Status") or {})
+    if diff:
+        raise VolumeConflict(f"volume {name} exists with other options: {'; '.join(diff)}")
+
+
 async def ensure_volume(
     docker: aiodocker.Docker, vol: VfolderVolume, *, driver: str = DRIVER
 ) -> str:
@@ -117,15 +133,7 @@ async def ensure_volume(
     """
     name = vol.name
     await docker.volumes.create({"Name": name, "Driver": driver, "DriverOpts": vol.driver_opts()})
-    info = await docker.volumes.get(name)
-    shown = await info.show()
-    if not _driver_matches(shown.get("Driver"), driver):
-        raise VolumeConflict(
-            f"volume {name} exists with driver {shown.get('Driver')!r}, not {driver!r}"
-        )
-    diff = _mismatches(vol, shown.get("Status") or {})
-    if diff:
-        raise VolumeConflict(f"volume {name} exists with other options: {'; '.join(diff)}")
+    await _check_volume(docker, name, vol, driver)
     return name
 
 
@@ -151,8 +159,8 @@ def mount_spec(entry: dict[str, Any]) -> str:
     return f"{entry['Source']}:{entry['Target']}:{'ro' if entry['ReadOnly'] else 'rw'}"
 
 
-def mount_from_spec(spec: str) -> dict[str, Any]:
-    """The mount entry back from a saved `name:target:perm` (options are found by name)."""
+def _parse_spec(spec: str) -> dict[str, Any]:
+    """The mount entry back from a saved `name:target:perm`, unchecked."""
     try:
         source, target, perm = spec.split(":")
     except ValueError:
@@ -166,6 +174,26 @@ def mount_from_spec(spec: str) -> dict[str, Any]:
         "ReadOnly": perm == "ro",
         "VolumeOptions": {},
     }
+
+
+async def mount_from_spec(
+    docker: aiodocker.Docker, spec: str, vol: VfolderVolume, *, driver: str = DRIVER
+) -> dict[str, Any]:
+    """The mount entry back from a saved `name:target:perm`, once the volume is checked.
+
+    The saved spec keeps only the volume's name, and a name proves nothing: between the agent's
+    removal of a volume and its re-creation, anyone allowed to create volumes can make one of
+    that name on another bucket. So the volume must be `vol` (the vfolder the agent restarts the
+    kernel with), with this driver and exactly its options, or VolumeConflict is raised and no
+    entry is returned.
+    """
+    entry = _parse_spec(spec)
+    if entry["Source"] != vol.name:
+        raise VolumeConflict(
+            f"mount spec {spec!r} names volume {entry['Source']!r}, not the vfolder's {vol.name!r}"
+        )
+    await _check_volume(docker, vol.name, vol, driver)
+    return entry
 
 
 async def remove_unused_volumes(

@@ -4,7 +4,8 @@ import uuid
 
 import pytest
 
-from bai_s3_client import VfolderVolume, mount_entry, mount_from_spec, mount_spec, volume_name
+from bai_s3_client import VfolderVolume, mount_entry, mount_spec, volume_name
+from bai_s3_client.volumes import _parse_spec
 
 
 def test_names():
@@ -40,10 +41,10 @@ def test_mount_entry_shape_and_spec_round_trip():
         "VolumeOptions": {},
     }
     assert mount_spec(e) == "bai-s3.f00:/home/work/data:ro"
-    assert mount_from_spec(mount_spec(e)) == e
+    assert _parse_spec(mount_spec(e)) == e
     for bad in ["a:b", "a:/b:rx", ":/b:ro", "a:b:ro"]:
         with pytest.raises(ValueError):
-            mount_from_spec(bad)
+            _parse_spec(bad)
     for bad in ["..", "a/b", ""]:
         with pytest.raises(ValueError):
             mount_entry("bai-s3.f00", bad)

@@ -139,7 +139,7 @@ def test_kernel_lifecycle_and_restart_from_saved_mounts(env, run):
         assert status["prefix"] == f"vfolders/{vfid}" and status["uid"] == 1000, status
 
         # Kernel restart: the container is made again from the saved name:target:perm only.
-        mounts = [mount_from_spec(s) for s in saved]
+        mounts = [await mount_from_spec(docker, s, vol, driver=env.driver) for s in saved]
         assert mounts[0]["VolumeOptions"] == {}
         c2 = await kernel(docker, env, made, f"e2e-kernel2-{vfid[:20]}", mounts)
         assert await sh_ok(c2, "cat /home/work/data/hello.txt /home/work/data/d/x") == \
@@ -149,6 +149,17 @@ def test_kernel_lifecycle_and_restart_from_saved_mounts(env, run):
         await c2.stop(t=1)
         await c2.delete(force=True, v=True)
         made["containers"].remove(c2.id)
+
+        # Between the agent's removal of the volume and its re-creation, someone plants a volume
+        # of that name on another prefix: the restart refuses it rather than mount it.
+        await (await docker.volumes.get(name)).delete()
+        await docker.volumes.create({"Name": name, "Driver": env.driver, "DriverOpts": {
+            **vol.driver_opts(), "prefix": "planted"}})
+        with pytest.raises(VolumeConflict) as e:
+            await mount_from_spec(docker, saved[0], vol, driver=env.driver)
+        assert "prefix" in str(e.value) and "planted" in str(e.value), e.value
+        with pytest.raises(VolumeConflict):
+            await mount_from_spec(docker, saved[0], vfolder(env, env.vfid()), driver=env.driver)
 
     run(body)
 

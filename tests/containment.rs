@@ -647,6 +647,26 @@ fn shared_mounts(d: &Daemon) -> (Vec<MountEntry>, Vec<MountEntry>) {
         .partition(|m| m.mount_point.to_string_lossy().contains("-ro-"))
 }
 
+/// A new bucket holding `data/seed.txt`, and a writable and a read-only volume of its prefix
+/// `data`, both mounted: the writable one wrote `from-rw.txt` before the read-only one was
+/// mounted. Returns the bucket and `[(volume, holder ID, mount point)]`, writable first.
+fn rw_and_ro_of_one_prefix(
+    s3: &S3Server,
+    d: &Daemon,
+    tag: &str,
+) -> (String, [(String, String, PathBuf); 2]) {
+    let b = new_bucket(s3, tag);
+    s3.s3().put(&b, "data/seed.txt", b"seed\n").unwrap();
+    let (w, r) = (unique_name("rw"), unique_name("ro"));
+    create_ok(d, &w, &[("bucket", &b), ("prefix", "data")]);
+    create_ok(d, &r, &[("bucket", &b), ("prefix", "data"), ("ro", "true")]);
+    let (iw, ir) = (new_id(), new_id());
+    let wmp = mount_ok(d, &w, &iw);
+    fs::write(wmp.join("from-rw.txt"), b"written\n").unwrap();
+    let rmp = mount_ok(d, &r, &ir);
+    (b, [(w, iw, wmp), (r, ir, rmp)])
+}
+
 /// Every way `dir` could be written to by root fails with EROFS: a new file, a folder, an
 /// existing file opened for writing, its removal.
 fn assert_every_write_is_erofs(dir: &Path, existing: &str) {
@@ -677,20 +697,8 @@ fn a_read_only_volume_stays_read_only_when_a_runtime_remounts_a_bind_of_it() {
     let Some((s3, d)) = setup("a_read_only_volume_stays_read_only_when_a_runtime_remounts") else {
         return;
     };
-    let b = new_bucket(s3, "rofs");
-    s3.s3().put(&b, "data/seed.txt", b"seed\n").unwrap();
     // A writable and a read-only volume of the same bucket and prefix, mounted at once.
-    let (w, r) = (unique_name("rw"), unique_name("ro"));
-    create_ok(&d, &w, &[("bucket", &b), ("prefix", "data")]);
-    create_ok(
-        &d,
-        &r,
-        &[("bucket", &b), ("prefix", "data"), ("ro", "true")],
-    );
-    let (iw, ir) = (new_id(), new_id());
-    let wmp = mount_ok(&d, &w, &iw);
-    fs::write(wmp.join("from-rw.txt"), b"written\n").unwrap();
-    let rmp = mount_ok(&d, &r, &ir);
+    let (b, [(w, iw, wmp), (r, ir, rmp)]) = rw_and_ro_of_one_prefix(s3, &d, "rofs");
     assert_eq!(fs::read(rmp.join("seed.txt")).unwrap(), b"seed\n");
     assert_eq!(fs::read(rmp.join("from-rw.txt")).unwrap(), b"written\n");
     // Two identities, two s3fs processes; the read-only one's superblock is read-only.
@@ -783,18 +791,7 @@ fn a_read_only_volume_an_older_version_bound_to_a_writable_s3fs_is_adopted_and_s
     let Some((s3, mut d)) = setup("a_read_only_volume_an_older_version_bound") else {
         return;
     };
-    let b = new_bucket(s3, "roupgrade");
-    s3.s3().put(&b, "data/seed.txt", b"seed\n").unwrap();
-    let (w, r) = (unique_name("rw"), unique_name("ro"));
-    create_ok(&d, &w, &[("bucket", &b), ("prefix", "data")]);
-    create_ok(
-        &d,
-        &r,
-        &[("bucket", &b), ("prefix", "data"), ("ro", "true")],
-    );
-    let (iw, ir) = (new_id(), new_id());
-    let wmp = mount_ok(&d, &w, &iw);
-    let rmp = mount_ok(&d, &r, &ir);
+    let (_, [(w, iw, wmp), (r, ir, rmp)]) = rw_and_ro_of_one_prefix(s3, &d, "roupgrade");
     let (_, rw_shared) = shared_mounts(&d);
     let rw_pids = s3fs_pids_mentioning(&rw_shared[0].mount_point);
     assert_eq!(rw_pids.len(), 1);

@@ -1200,16 +1200,21 @@ mod tests {
         assert_eq!(log_tail(&dir.path().join("none")), "(nothing)");
     }
 
-    #[test]
-    fn the_command_line_holds_no_secret() {
-        let m = S3fsMounter::new(S3fsConfig {
+    /// A real mounter over `/m` and `/s` (nothing is mounted: for its command lines).
+    fn mounter() -> S3fsMounter {
+        S3fsMounter::new(S3fsConfig {
             mount_root: "/m".into(),
             state_dir: "/s".into(),
             mount_timeout: Duration::from_secs(1),
             program: "s3fs".into(),
             min_disk_free: 512,
             name_key: [7; fsutil::KEY_LEN],
-        });
+        })
+    }
+
+    #[test]
+    fn the_command_line_holds_no_secret() {
+        let m = mounter();
         let s = spec(&[("bucket", "abc"), ("uid", "1000"), ("cache", "true")]);
         let args = m.s3fs_args(&s, "n", Path::new("/m/.s3fs/n")).join(" ");
         assert!(!args.contains("TOPSECRET"), "{args}");
@@ -1224,14 +1229,7 @@ mod tests {
 
     /// The FUSE mount options (`-o a,b,c`) of the s3fs started for `pairs`.
     fn fuse_options(pairs: &[(&str, &str)]) -> Vec<String> {
-        let m = S3fsMounter::new(S3fsConfig {
-            mount_root: "/m".into(),
-            state_dir: "/s".into(),
-            mount_timeout: Duration::from_secs(1),
-            program: "s3fs".into(),
-            min_disk_free: 512,
-            name_key: [7; fsutil::KEY_LEN],
-        });
+        let m = mounter();
         let args = m.s3fs_args(&spec(pairs), "n", Path::new("/m/.s3fs/n"));
         let at = args.iter().position(|a| a == "-o").unwrap();
         args[at + 1].split(',').map(str::to_string).collect()

@@ -3,10 +3,11 @@
 //!
 //! Layout under the mount root:
 //! - `.s3fs/<backend>-<bucket>-<hash>`: one s3fs mount per [`Identity`] (backend and all its
-//!   settings, bucket, uid, gid, umask, tuning); `<hash>` is a keyed SHA-256 of all of it, so
-//!   different identities never share a process.
+//!   settings, bucket, uid, gid, umask, tuning, read-only); `<hash>` is a keyed SHA-256 of all
+//!   of it, so different identities never share a process. A read-only identity's mount is
+//!   `.s3fs/<backend>-<bucket>-ro-<hash>`, made by an s3fs started with `-o ro`.
 //! - `<volume>`: the volume's mount point, a bind of the shared mount's root or of its
-//!   `<prefix>` folder, made read-only by a remount when the volume is `ro`.
+//!   `<prefix>` folder, also made read-only by a remount when the volume is `ro`.
 //!
 //! s3fs runs in the foreground (`-f`) as a child in its own process group, with its output in
 //! a private log file, so that it outlives this daemon (a crash or restart must not take
@@ -70,7 +71,9 @@ pub struct S3fsConfig {
 
 /// Everything that makes one s3fs process: volumes share a process exactly when all of it is
 /// equal. The secret key is part of it (a rotated key gets a new process), and reaches the
-/// name only through a hash keyed with the host's own key.
+/// name only through a hash keyed with the host's own key. Read-only is part of it too: a
+/// read-only volume gets an s3fs mounted read-only (`-o ro`), whose superblock refuses writes
+/// whatever a runtime does to the flags of a bind of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     backend: String,
@@ -85,6 +88,7 @@ pub struct Identity {
     gid: u32,
     umask: u32,
     tuning: Tuning,
+    read_only: bool,
 }
 
 impl Identity {
@@ -103,13 +107,17 @@ impl Identity {
             gid: o.gid,
             umask: o.umask,
             tuning: o.tuning,
+            read_only: o.ro,
         }
     }
 
-    /// The shared mount's name: `<backend>-<bucket>-<32 hex digits>`, readable, the same in
-    /// every run on this host (so a restarted daemon joins its mounts), and different for
-    /// every other identity: the digits are HMAC-SHA256 (keyed with `key`) over every field,
-    /// each length-prefixed, so no two identities encode alike.
+    /// The shared mount's name: `<backend>-<bucket>-<32 hex digits>` (`<backend>-<bucket>-ro-<32
+    /// hex digits>` when read-only), readable, the same in every run on this host (so a
+    /// restarted daemon joins its mounts), and different for every other identity: the digits
+    /// are HMAC-SHA256 (keyed with `key`) over every field, each length-prefixed, so no two
+    /// identities encode alike. A writable identity's fields are those of the versions before
+    /// read-only became part of the identity (its name is unchanged, so a daemon upgraded over
+    /// live mounts joins them); a read-only one has one field more.
     pub fn name(&self, key: &[u8]) -> String {
         // HMAC takes a key of any length; `new_from_slice` cannot fail for it.
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key)
@@ -139,13 +147,15 @@ impl Identity {
             if t.compat_dir { b"1" } else { b"0" },
             b"end",
         ];
-        for f in fields {
+        let read_only: &[&[u8]] = if self.read_only { &[b"read-only"] } else { &[] };
+        for f in fields.iter().chain(read_only) {
             mac.update(&(f.len() as u64).to_be_bytes());
             mac.update(f);
         }
         let digest = mac.finalize().into_bytes();
         let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-        format!("{}-{}-{hex}", self.backend, self.bucket)
+        let ro = if self.read_only { "ro-" } else { "" };
+        format!("{}-{}-{ro}{hex}", self.backend, self.bucket)
     }
 }
 
@@ -293,6 +303,9 @@ impl<S: Sys> S3fsMounter<S> {
             format!("url={}", b.endpoint),
             format!("endpoint={}", b.region),
             "allow_other".to_string(),
+            // No set-uid program or device node in a bucket means anything on the host.
+            "nosuid".to_string(),
+            "nodev".to_string(),
             format!("uid={}", o.uid),
             format!("gid={}", o.gid),
             format!("umask={:04o}", o.umask),
@@ -315,6 +328,10 @@ impl<S: Sys> S3fsMounter<S> {
             // would say nothing before it exits.
             format!("logfile={}", self.log_path(name).display()),
         ];
+        if o.ro {
+            // The FUSE superblock itself is read-only: no remount of a bind makes it writable.
+            opts.push("ro".to_string());
+        }
         if b.path_style {
             opts.push("use_path_request_style".to_string());
         }
@@ -1101,20 +1118,33 @@ mod tests {
     }
 
     #[test]
-    fn shared_names_split_on_settings_but_not_on_prefix_or_ro() {
+    fn shared_names_split_on_settings_and_ro_but_not_on_prefix() {
         let a = name(&[("bucket", "abc")]);
-        let b = name(&[("bucket", "abc"), ("prefix", "p/q"), ("ro", "true")]);
+        let b = name(&[("bucket", "abc"), ("prefix", "p/q")]);
         assert_eq!(a, b);
         for other in [
             name(&[("bucket", "abc"), ("uid", "1000")]),
             name(&[("bucket", "abc"), ("compat-dir", "false")]),
             name(&[("bucket", "abc"), ("cache", "true")]),
             name(&[("bucket", "abd")]),
+            name(&[("bucket", "abc"), ("ro", "true")]),
         ] {
             assert_ne!(a, other);
         }
-        // Pinned format: `<backend>-<bucket>-<32 hex>`, HMAC-SHA256 with the host's key.
+        // Pinned format: `<backend>-<bucket>-<32 hex>`, HMAC-SHA256 with the host's key. A
+        // writable volume's name is the one versions before read-only s3fs mounts gave it (a
+        // restart after an upgrade must find its live mounts by it): both pins are the
+        // values the version before computed for these options and key.
         assert_eq!(a, "default-abc-fcd37c96b82030ac88cb11972719b43c");
+        let tuned = name(&[("bucket", "abc"), ("uid", "1000"), ("cache", "true")]);
+        assert_eq!(tuned, "default-abc-28864e3c66d9b744e0b7910511bdf210");
+        // A read-only volume has an s3fs of its own, whatever its prefix, named so.
+        let ro = name(&[("bucket", "abc"), ("ro", "true")]);
+        assert_eq!(
+            ro,
+            name(&[("bucket", "abc"), ("ro", "true"), ("prefix", "p")])
+        );
+        assert_eq!(ro, "default-abc-ro-7a8f1c4b49795c6f696942ff0c7f377d");
         // Another host key, another name; the secret key never shows.
         let other_host = Identity::of(&spec(&[("bucket", "abc")])).name(&[8; fsutil::KEY_LEN]);
         assert_ne!(a, other_host);
@@ -1170,16 +1200,21 @@ mod tests {
         assert_eq!(log_tail(&dir.path().join("none")), "(nothing)");
     }
 
-    #[test]
-    fn the_command_line_holds_no_secret() {
-        let m = S3fsMounter::new(S3fsConfig {
+    /// A real mounter over `/m` and `/s` (nothing is mounted: for its command lines).
+    fn mounter() -> S3fsMounter {
+        S3fsMounter::new(S3fsConfig {
             mount_root: "/m".into(),
             state_dir: "/s".into(),
             mount_timeout: Duration::from_secs(1),
             program: "s3fs".into(),
             min_disk_free: 512,
             name_key: [7; fsutil::KEY_LEN],
-        });
+        })
+    }
+
+    #[test]
+    fn the_command_line_holds_no_secret() {
+        let m = mounter();
         let s = spec(&[("bucket", "abc"), ("uid", "1000"), ("cache", "true")]);
         let args = m.s3fs_args(&s, "n", Path::new("/m/.s3fs/n")).join(" ");
         assert!(!args.contains("TOPSECRET"), "{args}");
@@ -1190,5 +1225,25 @@ mod tests {
         let s = spec(&[("bucket", "abc"), ("compat-dir", "false")]);
         let args = m.s3fs_args(&s, "n", Path::new("/m/.s3fs/n")).join(" ");
         assert!(args.contains(",notsup_compat_dir"), "{args}");
+    }
+
+    /// The FUSE mount options (`-o a,b,c`) of the s3fs started for `pairs`.
+    fn fuse_options(pairs: &[(&str, &str)]) -> Vec<String> {
+        let m = mounter();
+        let args = m.s3fs_args(&spec(pairs), "n", Path::new("/m/.s3fs/n"));
+        let at = args.iter().position(|a| a == "-o").unwrap();
+        args[at + 1].split(',').map(str::to_string).collect()
+    }
+
+    #[test]
+    fn every_s3fs_is_nosuid_nodev_and_a_read_only_one_is_mounted_ro() {
+        let rw = fuse_options(&[("bucket", "abc")]);
+        let ro = fuse_options(&[("bucket", "abc"), ("ro", "true")]);
+        for o in [&rw, &ro] {
+            assert!(o.iter().any(|x| x == "nosuid"), "{o:?}");
+            assert!(o.iter().any(|x| x == "nodev"), "{o:?}");
+        }
+        assert!(!rw.iter().any(|x| x == "ro" || x == "rw"), "{rw:?}");
+        assert!(ro.iter().any(|x| x == "ro"), "{ro:?}");
     }
 }

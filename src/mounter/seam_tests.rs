@@ -207,11 +207,8 @@ async fn sweep_removes_leftovers_but_never_a_kept_target_its_s3fs_or_foreign_mou
 async fn the_last_unmount_stops_a_shared_s3fs_and_never_signals_one_still_in_use() {
     let r = Rig::new(T);
     let (name, pid) = r.mount("a", B).await;
-    let (name_b, pid_b) = r.mount("b", &[("bucket", "bkt"), ("ro", "true")]).await;
+    let (name_b, pid_b) = r.mount("b", B).await;
     assert_eq!((name_b, pid_b), (name.clone(), pid));
-    assert!(r
-        .fake()
-        .called(|c| matches!(c, Call::Bind(_, t, true) if *t == r.target("b"))));
 
     r.m.unmount(&r.target("a")).await.unwrap();
     assert!(!r.fake().is_mounted(&r.target("a")) && !r.target("a").exists());
@@ -371,4 +368,96 @@ async fn an_s3fs_dying_during_its_start_fails_the_mount_with_its_words() {
     assert!(matches!(e, MountError::Spawn { .. }), "{e:?}");
     // Faults are one-off: the next Mount works.
     r.mount("v", B).await;
+}
+
+/// The `-o` options of the s3fs spawned for the shared mount `name`.
+fn spawned_options(r: &Rig, name: &str) -> Vec<String> {
+    let path = r.shared(name).into_os_string();
+    let calls = r.fake().calls();
+    let args = calls
+        .iter()
+        .find_map(|c| match c {
+            Call::Spawn(a) if a.get(1) == Some(&path) => Some(a.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no s3fs was spawned for {name}"));
+    let at = args.iter().position(|a| a == "-o").unwrap();
+    let opts = args[at + 1].to_string_lossy().into_owned();
+    opts.split(',').map(str::to_string).collect()
+}
+
+#[tokio::test]
+async fn a_read_only_volume_gets_an_s3fs_of_its_own_mounted_read_only() {
+    let r = Rig::new(T);
+    let ro = &[("bucket", "bkt"), ("ro", "true")];
+    let (rw_name, rw_pid) = r.mount("a", B).await;
+    let (ro_name, ro_pid) = r.mount("b", ro).await;
+    // Same bucket, two identities: two processes, the read-only one named so.
+    assert_ne!(ro_name, rw_name);
+    assert_ne!(ro_pid, rw_pid);
+    assert!(
+        ro_name.contains("-ro-") && !rw_name.contains("-ro-"),
+        "{ro_name} {rw_name}"
+    );
+    let (rw_o, ro_o) = (spawned_options(&r, &rw_name), spawned_options(&r, &ro_name));
+    assert!(ro_o.contains(&"ro".to_string()), "{ro_o:?}");
+    assert!(!rw_o.contains(&"ro".to_string()), "{rw_o:?}");
+    for o in [&rw_o, &ro_o] {
+        assert!(o.contains(&"nosuid".to_string()) && o.contains(&"nodev".to_string()));
+    }
+    // The bind of a read-only volume is read-only too; a writable one's is not.
+    let bound_ro = |t: PathBuf| move |c: &Call| matches!(c, Call::Bind(_, to, true) if *to == t);
+    assert!(r.fake().called(bound_ro(r.target("b"))));
+    assert!(!r.fake().called(bound_ro(r.target("a"))));
+    // Another read-only volume of the bucket, another prefix (one a writer made): the same
+    // read-only s3fs.
+    fs::create_dir(r.shared(&ro_name).join("p")).unwrap();
+    let (c_name, c_pid) = r
+        .mount("c", &[("bucket", "bkt"), ("ro", "true"), ("prefix", "p")])
+        .await;
+    assert_eq!((c_name, c_pid), (ro_name.clone(), ro_pid));
+    // Each stops with its own last volume; the other is never touched.
+    r.m.unmount(&r.target("b")).await.unwrap();
+    r.m.unmount(&r.target("c")).await.unwrap();
+    assert_eq!(r.fake().state(ro_pid), Some(State::Dead));
+    assert_eq!(r.fake().state(rw_pid), Some(State::Running));
+    assert!(!r.fake().signalled(rw_pid));
+    assert_eq!(r.m.health(&r.target("a")), Health::Ok);
+}
+
+#[tokio::test]
+async fn a_read_only_bind_of_a_writable_s3fs_left_by_an_older_version_is_adopted_and_kept() {
+    let r = Rig::new(T);
+    let (rw_name, rw_pid) = r.mount("w", B).await;
+    // What versions before read-only s3fs mounts made of a ro volume: a bind of the bucket's
+    // writable s3fs, recorded with that s3fs's name.
+    r.fake()
+        .add_bind(&r.shared(&rw_name), "/", &r.target("old"))
+        .unwrap();
+    let m2 = r.restarted();
+    for v in ["w", "old"] {
+        assert_eq!(
+            m2.adopt(&r.target(v), Some(&rw_name)).await,
+            Adoption::Live {
+                shared: rw_name.clone()
+            },
+            "{v}"
+        );
+    }
+    // A new Mount of a ro volume gets the new scheme; the adopted one keeps its bind.
+    let ro = m2
+        .mount(&r.spec("new", &[("bucket", "bkt"), ("ro", "true")]))
+        .await
+        .unwrap();
+    assert_ne!(ro, rw_name);
+    assert!(spawned_options(&r, &ro).contains(&"ro".to_string()));
+    assert!(r.fake().is_mounted(&r.target("old")));
+    assert_eq!(m2.health(&r.target("old")), Health::Ok);
+    m2.unmount(&r.target("new")).await.unwrap();
+    // Its last holder gone, the old bind goes, and the writable s3fs stays for `w`.
+    m2.unmount(&r.target("old")).await.unwrap();
+    assert!(!r.fake().is_mounted(&r.target("old")));
+    assert_eq!(r.fake().state(rw_pid), Some(State::Running));
+    assert!(!r.fake().signalled(rw_pid));
+    assert_eq!(m2.health(&r.target("w")), Health::Ok);
 }

@@ -94,6 +94,8 @@ pub enum TableError {
     },
     #[error("read-only remount of {} failed: {}", .at.display(), .errno.desc())]
     ReadOnly { at: PathBuf, errno: Errno },
+    #[error("remount of {} with nosuid,nodev failed: {}", .at.display(), .errno.desc())]
+    NoSuid { at: PathBuf, errno: Errno },
     #[error("making {} a private mount failed: {}", .dir.display(), .errno.desc())]
     Private { dir: PathBuf, errno: Errno },
     #[error("unmount of {} failed: {}", .path.display(), .errno.desc())]
@@ -101,6 +103,30 @@ pub enum TableError {
     /// A folder of the daemon's own (the staging folder of read-only binds) could not be used.
     #[error("{}", .error)]
     Folder { error: String },
+}
+
+/// The per-mount flags every mount the daemon makes carries: nothing in a bucket (or in the
+/// daemon's staging folder) is a set-uid program or a device node to the host. A new bind
+/// takes its source mount's flags, and every shared s3fs is mounted with them; a bind
+/// remount sets all per-mount flags at once, so each remount names them again.
+pub const NOSUID_NODEV: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV);
+
+/// Remount the bind mount at `at` with `add` and [`NOSUID_NODEV`], keeping the per-mount
+/// flags it has (noexec, read-only, and its atime mode, which the kernel keeps when none is
+/// named): a flag left out of a bind remount is cleared.
+fn remount_bind(at: &Path, add: MsFlags) -> Result<(), Errno> {
+    let has = nix::sys::statvfs::statvfs(at)?.flags();
+    use nix::sys::statvfs::FsFlags;
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | NOSUID_NODEV | add;
+    for (st, ms) in [
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+    ] {
+        if has.contains(st) {
+            flags |= ms;
+        }
+    }
+    mount(None::<&str>, at, None::<&str>, flags, None::<&str>)
 }
 
 fn bind_once(source: &Path, target: &Path, shown: (&Path, &Path)) -> Result<(), TableError> {
@@ -128,7 +154,12 @@ fn bind_once(source: &Path, target: &Path, shown: (&Path, &Path)) -> Result<(), 
 /// host whose `/` is shared), the copies already propagated to the host stay writable, and
 /// Docker hands those to containers. So a read-only bind is made in a staging folder inside a
 /// private mount, remounted read-only there, and only then bound onto `target`: every copy of
-/// that bind, propagated or not, starts read-only.
+/// that bind, propagated or not, starts read-only. The remount names nosuid and nodev again
+/// (see [`NOSUID_NODEV`]); a writable bind is never remounted and keeps its source's flags.
+///
+/// A runtime that binds the volume again and remounts that bind to add flags of its own
+/// clears the read-only flag of its copy: what holds then is the read-only s3fs behind a
+/// read-only volume (see `s3fs::Identity`), not this bind.
 pub fn bind(
     source: BorrowedFd<'_>,
     target: BorrowedFd<'_>,
@@ -156,8 +187,7 @@ pub fn bind(
             }
         })?;
     bind_once(&src, &fd_path(stage_fd.as_fd()), (shown.0, &stage))?;
-    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-    let result = mount(None::<&str>, &stage, None::<&str>, flags, None::<&str>)
+    let result = remount_bind(&stage, MsFlags::MS_RDONLY)
         .map_err(|errno| TableError::ReadOnly {
             at: stage.clone(),
             errno,
@@ -169,7 +199,8 @@ pub fn bind(
 }
 
 /// Make `dir` (a folder the daemon checked at start, see [`crate::fsutil::sub_dir`]) a mount
-/// of its own with private propagation, so mounts made inside it are seen nowhere else.
+/// of its own with private propagation, so mounts made inside it are seen nowhere else, and
+/// with nosuid and nodev, as every mount the daemon makes.
 pub fn make_private_mount(dir: &Path) -> Result<(), TableError> {
     let fd = open_dir(dir).map_err(|e| TableError::Folder {
         error: e.to_string(),
@@ -178,6 +209,11 @@ pub fn make_private_mount(dir: &Path) -> Result<(), TableError> {
         let p = fd_path(fd.as_fd());
         bind_once(&p, &p, (dir, dir))?;
     }
+    // Also when an earlier version made it without them.
+    remount_bind(dir, MsFlags::empty()).map_err(|errno| TableError::NoSuid {
+        at: dir.to_path_buf(),
+        errno,
+    })?;
     mount(
         None::<&str>,
         dir,

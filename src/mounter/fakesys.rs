@@ -78,6 +78,8 @@ struct Tables {
     calls: Vec<Call>,
     /// When false, a spawned s3fs never makes its mount (it hangs in its bucket check).
     no_mount_on_spawn: bool,
+    /// pidfd_open fails with EPERM (a seccomp profile that refuses it).
+    no_pidfds: bool,
 }
 
 /// An in-memory mount and process table that records every call. A spawned s3fs mounts the
@@ -126,6 +128,11 @@ impl RecordingSys {
     /// Whether spawned s3fs processes make their mount (default) or never get ready.
     pub fn set_mount_on_spawn(&self, yes: bool) {
         self.lock().no_mount_on_spawn = !yes;
+    }
+
+    /// Refuse pidfds from now on, as an old container seccomp profile does.
+    pub fn refuse_pidfds(&self) {
+        self.lock().no_pidfds = true;
     }
 
     /// A process `program args...` of root running that program, as an earlier run might
@@ -407,7 +414,7 @@ impl Sys for RecordingSys {
         let mut rx = t.procs[&pid].exited.subscribe();
         Ok(Spawned {
             pid,
-            pidfd: Some(pid),
+            pidfd: (!t.no_pidfds).then_some(pid),
             exited: Box::pin(async move {
                 let _ = rx.wait_for(|dead| *dead).await;
                 Ok(ExitStatus::from_raw(Signal::SIGKILL as i32))
@@ -461,6 +468,9 @@ impl Sys for RecordingSys {
 
     fn pidfd_open(&self, pid: u32) -> std::io::Result<u32> {
         let t = self.record(Call::PidfdOpen(pid));
+        if t.no_pidfds {
+            return Err(std::io::Error::from_raw_os_error(nix::libc::EPERM));
+        }
         if t.procs.get(&pid).is_some_and(|p| p.state != State::Dead) {
             Ok(pid)
         } else {

@@ -533,3 +533,22 @@ async fn join_all<F: std::future::Future>(fs: impl Iterator<Item = F>) -> Vec<F:
     .await;
     out.into_iter().flatten().collect()
 }
+
+#[tokio::test]
+async fn where_pidfds_are_refused_a_leftover_s3fs_is_never_signalled_and_the_mount_says_so() {
+    let r = Rig::new(Duration::from_millis(300));
+    r.fake().refuse_pidfds();
+    let name = r.m.shared_name(&r.spec("v", B));
+    let left = r
+        .fake()
+        .add_process("s3fs", &["bkt", r.shared(&name).to_str().unwrap()]);
+    let e = r.m.mount(&r.spec("v", B)).await.unwrap_err();
+    assert!(
+        matches!(e, MountError::InTheWay { pid, .. } if pid == left),
+        "{e:?}"
+    );
+    assert!(!r.fake().signalled(left));
+    r.m.sweep(&[]).await;
+    assert!(!r.fake().signalled(left));
+    assert_eq!(r.fake().state(left), Some(State::Running));
+}

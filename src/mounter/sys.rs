@@ -397,7 +397,7 @@ impl Pidfd {
 }
 
 /// An s3fs proven ours (see [`our_s3fs`]): held by a pidfd where the kernel (or a container's
-/// seccomp profile) allows one, else by its bare PID, checked just before.
+/// seccomp profile) allows one, else by its bare PID (then watched, never signalled).
 #[derive(Debug)]
 pub struct Found<P = Pidfd> {
     pub pid: u32,
@@ -413,12 +413,13 @@ impl<P> Found<P> {
         }
     }
 
-    /// Signal it: through the pidfd, so never a process that reused its PID; without one,
-    /// by PID right after the check (the old, racy way, only where pidfds are refused).
+    /// Signal it through the pidfd, so never a process that reused its PID. Without one
+    /// (where pidfds are refused) the proof is not tied to the process, so it is not
+    /// signalled at all: EPERM.
     pub fn signal<S: Sys<Pidfd = P>>(&self, sys: &S, sig: Signal) -> Result<(), Errno> {
         match &self.pidfd {
             Some(fd) => sys.pidfd_signal(fd, sig),
-            None => sys.kill(self.pid, sig),
+            None => Err(Errno::EPERM),
         }
     }
 }

@@ -10,6 +10,7 @@ mod support;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -400,6 +401,8 @@ fn a_mount_timed_out_on_a_stalled_store_leaves_nothing_and_poisons_nothing() {
     }
 }
 
+const NOBODY: u32 = 65534;
+
 /// A process of uid 65534 (nobody) that dresses itself up as the s3fs of a shared mount: it
 /// overwrites its own argv (through /proc/self/mem, as any program may) to `s3fs <path>`.
 /// `watch`: once an s3fs mount appears below `target` (a prefix), it names that mount (so it
@@ -448,14 +451,16 @@ impl Impostor {
         let stop = std::env::temp_dir().join(format!("{}.stop", unique_name("imp")));
         // Long padding: the argv area must hold `s3fs <path>`.
         let pad = "x".repeat(400);
-        let child = std::process::Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .args(["/usr/bin/python3", "-c", IMPOSTOR, mode])
+        let child = std::process::Command::new("/usr/bin/python3")
+            .args(["-c", IMPOSTOR, mode])
             .arg(target)
             .arg(&stop)
             .arg(pad)
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .env_clear()
             .spawn()
-            .expect("start the impostor (setpriv, python3)");
+            .expect("start the impostor (python3 as nobody)");
         Impostor { child, stop }
     }
 
@@ -463,8 +468,10 @@ impl Impostor {
         self.child.id() as i32
     }
 
-    /// Waits until the process `pid` (this impostor or its child) names `path` as s3fs does.
+    /// Waits until the process `pid` (this impostor or its child) names `path` as s3fs does;
+    /// it runs as nobody.
     fn wait_dressed(pid: i32, path: &Path) {
+        assert_eq!(uid_of(pid), Some((NOBODY, NOBODY)), "the impostor's uid");
         let want = vec!["s3fs".to_string(), path.display().to_string()];
         poll(Duration::from_secs(20), || {
             (cmdline(pid) == want).then_some(())

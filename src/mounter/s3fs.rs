@@ -49,6 +49,8 @@ const S3FS_TYPE: &str = "fuse.s3fs";
 const EXIT_GRACE: Duration = Duration::from_secs(5);
 /// How long a health probe waits for a mount to answer before calling it slow.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a caller waits at least on a statvfs already in flight (see `Liveness::ask`).
+const JOIN_GRACE: Duration = Duration::from_millis(200);
 /// How long adoption at start waits for a mount to answer (no answer: adopted as slow).
 const ADOPT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -173,9 +175,76 @@ struct Liveness<S: Sys> {
     alive: AtomicBool,
     /// Set when a probe got no answer in time; cleared by the next answer.
     slow: AtomicBool,
+    /// The one statvfs of this s3fs's mount in flight, if any: every probe, Mount and
+    /// adoption waits for it rather than starting another (a stopped s3fs would keep each).
+    asking: Mutex<Option<Asking>>,
+}
+
+/// A statvfs in flight: when it started and where its answer will appear.
+struct Asking {
+    started: Instant,
+    answer: watch::Receiver<Option<Result<(), nix::errno::Errno>>>,
 }
 
 impl<S: Sys> Liveness<S> {
+    /// A fresh liveness of the s3fs `pid`, held by `pidfd`.
+    fn new(sys: Arc<S>, pid: u32, pidfd: Option<S::Pidfd>, own_child: bool) -> Self {
+        Liveness {
+            sys,
+            pid,
+            pidfd,
+            own_child,
+            alive: AtomicBool::new(true),
+            slow: AtomicBool::new(false),
+            asking: Mutex::new(None),
+        }
+    }
+
+    /// Ask the mount at `path` (of this s3fs) whether it answers, waiting at most `limit`.
+    /// At most one such call is in flight per s3fs: a caller joins the one running, and one
+    /// still unanswered after `limit` is the answer itself (no new thread is started for a
+    /// stopped s3fs, however often it is asked). `path` is used only by the call it starts.
+    async fn ask(
+        &self,
+        path: &Path,
+        limit: Duration,
+    ) -> Result<Result<(), nix::errno::Errno>, bounded::Unanswered> {
+        let (started, mut answer) = {
+            let mut asking = self.asking.lock().unwrap_or_else(|e| e.into_inner());
+            let running = asking
+                .as_ref()
+                .filter(|a| a.answer.borrow().is_none() && a.answer.has_changed().is_ok());
+            match running {
+                Some(a) => (a.started, a.answer.clone()),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    let (p, sy) = (path.to_path_buf(), self.sys.clone());
+                    // The answer lands in the channel whenever the call returns; the receiver
+                    // is dropped (a panicked call) only with the sender.
+                    drop(bounded::spawn(move || {
+                        let _ = tx.send(Some(sy.statvfs(&p)));
+                    }));
+                    let started = Instant::now();
+                    *asking = Some(Asking {
+                        started,
+                        answer: rx.clone(),
+                    });
+                    (started, rx)
+                }
+            }
+        };
+        // A call stuck since before this caller came counts against its own start: once
+        // older than `limit`, it answers "no answer" after a short look (time for a call
+        // that is just returning, from an s3fs that runs again, to land).
+        let until = (started + limit).max(Instant::now() + limit.min(JOIN_GRACE));
+        let waited = tokio::time::timeout_at(until.into(), answer.wait_for(Option::is_some)).await;
+        match waited {
+            Ok(Ok(v)) => Ok((*v).unwrap_or(Ok(()))),
+            Ok(Err(_)) => Err(bounded::Unanswered::Panicked),
+            Err(_) => Err(bounded::Unanswered::TimedOut(limit)),
+        }
+    }
+
     fn is_alive(&self) -> bool {
         self.alive.load(Ordering::Acquire)
             && match &self.pidfd {
@@ -352,27 +421,42 @@ impl<S: Sys> S3fsMounter<S> {
         ]
     }
 
-    /// Start s3fs for `spec` at `shared.path` and wait until the mount answers.
+    /// Start s3fs for `spec` at `shared.path` and wait until the mount answers; `deadline`
+    /// is the Mount's.
     async fn start(
         &self,
         spec: &MountSpec,
         name: &str,
         shared: &mut Shared<S>,
+        deadline: Instant,
     ) -> Result<(), MountError> {
         let path = shared.path.clone();
-        // Nothing may be left at the path by an s3fs nobody owns (a daemon that died while
-        // starting it): two s3fs on one path would break one-process-per-bucket.
+        // Nothing may be left at the path by an s3fs of ours nobody owns (a daemon that died
+        // while starting it): two s3fs on one path would break one-process-per-bucket.
         // It serves no volume (`start` runs only when none is bound here), so it is killed.
+        // Only a process the kernel says is ours (see `sys::prove`) is: one that merely calls
+        // itself so, or runs as another user, is left alone and does not stop the Mount.
         let sy = &*self.sys;
-        while let Some(fd) = sys::s3fs_of(sy, &path) {
+        let owner = sys::Owner::of(sy, &self.cfg.program);
+        loop {
+            let (ours, others) = sys::our_s3fs(sy, &owner, &path);
+            if others > 0 {
+                tracing::warn!(path = %path.display(), processes = others, "processes name this shared mount but are not bai-s3's s3fs (another user, another program); left alone");
+            }
+            let Some(fd) = ours.into_iter().next() else {
+                break;
+            };
             tracing::warn!(pid = fd.pid, path = %path.display(), "stopping an s3fs that no volume owns");
             let _ = fd.signal(sy, Signal::SIGKILL);
-            let deadline = Instant::now() + EXIT_GRACE;
             while fd.is_alive(sy) && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            if fd.is_alive(sy) {
-                break;
+            if Instant::now() >= deadline {
+                return Err(MountError::InTheWay {
+                    pid: fd.pid,
+                    path: path.clone(),
+                    after: self.cfg.mount_timeout,
+                });
             }
         }
         if sys::mount_at(&sy.mounts(), &path).is_some() {
@@ -424,7 +508,7 @@ impl<S: Sys> S3fsMounter<S> {
             cmd.env("CURL_CA_BUNDLE", ca);
         }
         let started = Instant::now();
-        let spawned = self.sys.spawn(cmd).map_err(|e| {
+        let mut spawned = self.sys.spawn(cmd).map_err(|e| {
             let _ = fs::remove_dir(&path);
             MountError::Spawn {
                 program: self.cfg.program.clone(),
@@ -433,15 +517,14 @@ impl<S: Sys> S3fsMounter<S> {
         })?;
         let pid = spawned.pid;
         tracing::debug!(shared = name, pid, "s3fs started");
-        // Taken before anything reaps the child, so it is this process.
-        let live = Arc::new(Liveness {
-            sys: self.sys.clone(),
+        // Taken by the spawn before anything could reap the child, so it is this process;
+        // kept while it runs: it is never looked for by its command line again.
+        let live = Arc::new(Liveness::new(
+            self.sys.clone(),
             pid,
-            pidfd: self.sys.pidfd_open(pid).ok(),
-            own_child: true,
-            alive: AtomicBool::new(true),
-            slow: AtomicBool::new(false),
-        });
+            spawned.pidfd.take(),
+            true,
+        ));
 
         // Watch the child: its exit flips `alive` at once, for Get and for the next Mount.
         let (tx, rx) = watch::channel(false);
@@ -695,9 +778,8 @@ impl<S: Sys> Mounter for S3fsMounter<S> {
         let mut s = shared.lock().await;
         if let Some(p) = &s.process {
             let live = p.live.clone();
-            let (path, sy) = (s.path.clone(), self.sys.clone());
             let verdict = if live.is_alive() {
-                bounded::run(self.cfg.mount_timeout, move || sy.statvfs(&path)).await
+                live.ask(&s.path, self.cfg.mount_timeout).await
             } else {
                 Ok(Err(nix::errno::Errno::ENOTCONN))
             };
@@ -726,7 +808,7 @@ impl<S: Sys> Mounter for S3fsMounter<S> {
             }
         }
         if s.process.is_none() {
-            self.start(spec, &name, &mut s).await?;
+            self.start(spec, &name, &mut s, deadline).await?;
         }
         let Some(live) = s.process.as_ref().map(|p| p.live.clone()) else {
             return Err(MountError::NotRunning);
@@ -759,7 +841,8 @@ impl<S: Sys> Mounter for S3fsMounter<S> {
         // the s3fs is gone, nowhere: it works on fds of the FUSE mount.)
         let phase = Arc::new(std::sync::atomic::AtomicU8::new(RUNNING));
         let (ph, sy) = (phase.clone(), self.sys.clone());
-        let mut task = tokio::task::spawn_blocking(move || -> Result<(), MountError> {
+        // On the FUSE pool: the prefix lookup and the bind reach into the s3fs's mount.
+        let mut task = bounded::spawn(move || -> Result<(), MountError> {
             let late = || MountError::GivenUp;
             let cancelled = || ph.load(Ordering::Acquire) == CANCELLED;
             joined?;
@@ -816,7 +899,7 @@ impl<S: Sys> Mounter for S3fsMounter<S> {
         };
         let result = match result {
             Ok(r) => r,
-            Err(join) => Err(MountError::Task(join.to_string())),
+            Err(_) => Err(MountError::Task(bounded::Unanswered::Panicked.to_string())),
         };
         match result {
             Ok(()) => {
@@ -893,18 +976,20 @@ impl<S: Sys> Mounter for S3fsMounter<S> {
         let live = match s.process.as_ref() {
             Some(p) if p.is_alive() => p.live.clone(),
             _ => {
-                let Some(found) = sys::s3fs_of(&*self.sys, &shared_mount.mount_point) else {
+                // Only an s3fs the kernel says is ours (uid, executable, through its pidfd);
+                // a process that only calls itself so is not adopted, so never signalled.
+                let owner = sys::Owner::of(&*self.sys, &self.cfg.program);
+                let Some(found) = sys::s3fs_of(&*self.sys, &owner, &shared_mount.mount_point)
+                else {
                     return Adoption::Dead;
                 };
                 // Without a pidfd it is watched by PID and never signalled.
-                let live = Arc::new(Liveness {
-                    sys: self.sys.clone(),
-                    pid: found.pid,
-                    pidfd: found.pidfd,
-                    own_child: false,
-                    alive: AtomicBool::new(true),
-                    slow: AtomicBool::new(false),
-                });
+                let live = Arc::new(Liveness::new(
+                    self.sys.clone(),
+                    found.pid,
+                    found.pidfd,
+                    false,
+                ));
                 s.path = shared_mount.mount_point.clone();
                 s.process = Some(Process {
                     live: live.clone(),
@@ -913,8 +998,7 @@ impl<S: Sys> Mounter for S3fsMounter<S> {
                 live
             }
         };
-        let (t, sy) = (target.to_path_buf(), self.sys.clone());
-        match bounded::run(ADOPT_TIMEOUT, move || sy.statvfs(&t)).await {
+        match live.ask(target, ADOPT_TIMEOUT).await {
             Ok(Err(e)) if sys::is_gone(e) => return Adoption::Dead,
             Err(_) => live.slow.store(true, Ordering::Release),
             Ok(_) => {}
@@ -951,8 +1035,7 @@ impl<S: Sys> Mounter for S3fsMounter<S> {
         if sys::mount_at(&self.sys.mounts(), target).is_none() {
             return Health::Stale;
         }
-        let (t, sy) = (target.to_path_buf(), self.sys.clone());
-        match bounded::run(PROBE_TIMEOUT, move || sy.statvfs(&t)).await {
+        match live.ask(target, PROBE_TIMEOUT).await {
             Ok(Err(e)) if sys::is_gone(e) => Health::Stale,
             Err(bounded::Unanswered::TimedOut(_)) => {
                 live.slow.store(true, Ordering::Release);
@@ -975,6 +1058,7 @@ impl<S: Sys> Mounter for S3fsMounter<S> {
             map.keys().map(|n| shared_root.join(n)).collect()
         };
         let sy = &*self.sys;
+        let owner = sys::Owner::of(sy, &self.cfg.program);
         let table = sy.mounts();
         // Only what is provably ours is touched: s3fs mounts (and binds of them) in our own
         // folders. A held volume's target, and any s3fs it is a view of, is never touched.
@@ -1033,7 +1117,7 @@ impl<S: Sys> Mounter for S3fsMounter<S> {
                 && !kept_devs.contains(&m.dev)
             {
                 tracing::info!(path = %m.mount_point.display(), "stopping an s3fs left by an earlier run");
-                let s3fs = sys::s3fs_of(sy, &m.mount_point);
+                let s3fs = sys::s3fs_of(sy, &owner, &m.mount_point);
                 bounded_unmount(m.mount_point.clone()).await;
                 // Its mount is gone: it exits by itself, unless it still serves files opened
                 // before a lazy detach; then it is left to finish them.
@@ -1054,14 +1138,15 @@ impl<S: Sys> Mounter for S3fsMounter<S> {
         // An s3fs started by a run that died before its mount was ready: it has no mount, so
         // it serves nobody, and its mount might still appear.
         let mounted: HashSet<PathBuf> = sy.mounts().into_iter().map(|m| m.mount_point).collect();
-        let strays = sy.processes_with_arg("s3fs", &|a| {
+        let strays = sy.processes_with_arg(&|a| {
             (a.parent() == Some(shared_root.as_path())
                 && !in_use.contains(a)
                 && !mounted.contains(a))
             .then(|| a.to_path_buf())
         });
-        for (_, path) in strays {
-            let Some(fd) = sys::s3fs_of(sy, &path) else {
+        for (pid, path) in strays {
+            // Argv found it; only the kernel's word makes it ours (see `sys::prove`).
+            let Some(fd) = sys::prove(sy, &owner, pid, &path) else {
                 continue;
             };
             tracing::info!(pid = fd.pid, path = %path.display(), "stopping an s3fs that no volume owns");

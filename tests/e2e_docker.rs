@@ -130,7 +130,8 @@ fn container_write_lands_in_bucket() {
 }
 
 /// 3. A volume created implicitly by `--mount ...,volume-opt=...` with ro=true: reads work,
-///    writes fail with EROFS.
+///    root's writes fail with EROFS, and the container's mount is a read-only file system
+///    (its superblock, not only the flags of a bind that a runtime may remount).
 #[test]
 #[cfg_attr(not(bai_s3_docker), ignore = "needs dockerd, debootstrap, SeaweedFS")]
 fn implicit_volume_read_only() {
@@ -165,7 +166,7 @@ fn implicit_volume_read_only() {
         IMAGE,
         "sh",
         "-c",
-        "grep ' /data ' /proc/mounts; echo y > /data/new.txt",
+        "id -u; grep ' /data ' /proc/self/mountinfo; echo y > /data/new.txt",
     ]);
     let err = stderr_of(&o);
     say(&format!(
@@ -174,6 +175,19 @@ fn implicit_volume_read_only() {
         stdout_of(&o).trim(),
         err.trim()
     ));
+    let out = stdout_of(&o);
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("0"), "the writer is not root: {out}");
+    // mountinfo: `... /data <per-mount flags> ... - fuse.s3fs s3fs <superblock options>`.
+    let superblock = lines
+        .next()
+        .and_then(|l| l.split_once(" - "))
+        .and_then(|(_, r)| r.split_whitespace().nth(2))
+        .unwrap_or_else(|| panic!("no mountinfo line for /data: {out}"));
+    assert!(
+        superblock.split(',').any(|o| o == "ro"),
+        "the container's /data is not a read-only file system: {out}"
+    );
     assert!(
         !o.status.success(),
         "a write into a ro=true volume succeeded; the container's mount: {}",

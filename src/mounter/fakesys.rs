@@ -17,7 +17,7 @@ use nix::sys::signal::Signal;
 use tokio::process::Command;
 use tokio::sync::watch;
 
-use super::sys::{mount_at, BindView, MountEntry, Spawned, Sys, TableError};
+use super::sys::{mount_at, BindView, FileId, MountEntry, ProcInfo, Spawned, Sys, TableError};
 use super::MountError;
 
 /// The longest a pretended hang lasts when a test forgets to end it: the tokio runtime of a
@@ -34,12 +34,14 @@ pub enum Call {
     Statvfs(PathBuf),
     FuseReady(PathBuf),
     Spawn(Vec<OsString>),
-    Processes(String),
+    /// A search of the process table by argument.
+    Processes,
     PidAlive(u32),
     Kill(u32, Signal),
     PidfdOpen(u32),
     PidfdAlive(u32),
     PidfdSignal(u32, Signal),
+    ProcessInfo(u32),
 }
 
 /// What state a pretended process is in.
@@ -52,7 +54,12 @@ pub enum State {
 }
 
 struct Proc {
-    program: String,
+    /// The program's file (as [`RecordingSys::program_file`] names programs).
+    exe: String,
+    /// Real and effective uid.
+    uid: u32,
+    /// Stuck in the kernel: SIGKILL does not end it.
+    unkillable: bool,
     args: Vec<OsString>,
     state: State,
     exited: watch::Sender<bool>,
@@ -71,6 +78,8 @@ struct Tables {
     calls: Vec<Call>,
     /// When false, a spawned s3fs never makes its mount (it hangs in its bucket check).
     no_mount_on_spawn: bool,
+    /// pidfd_open fails with EPERM (a seccomp profile that refuses it).
+    no_pidfds: bool,
 }
 
 /// An in-memory mount and process table that records every call. A spawned s3fs mounts the
@@ -121,10 +130,42 @@ impl RecordingSys {
         self.lock().no_mount_on_spawn = !yes;
     }
 
-    /// A process `program args...`, as an earlier run might have left it; its PID.
+    /// Refuse pidfds from now on, as an old container seccomp profile does.
+    pub fn refuse_pidfds(&self) {
+        self.lock().no_pidfds = true;
+    }
+
+    /// A process `program args...` of root running that program, as an earlier run might
+    /// have left it; its PID.
     pub fn add_process(&self, program: &str, args: &[&str]) -> u32 {
+        self.add_process_as(0, program, args)
+    }
+
+    /// A process of `uid` running the file `exe` (a program name, as the mounter's
+    /// configuration gives it) with `args` after its argv[0] (which argv-rewriting makes
+    /// anything, so the fake does not keep it); its PID.
+    pub fn add_process_as(&self, uid: u32, exe: &str, args: &[&str]) -> u32 {
         let mut t = self.lock();
-        Self::new_proc(&mut t, program, args.iter().map(OsString::from).collect())
+        let pid = Self::new_proc(&mut t, exe, args.iter().map(OsString::from).collect());
+        if let Some(p) = t.procs.get_mut(&pid) {
+            p.uid = uid;
+        }
+        pid
+    }
+
+    /// Make `pid` ignore every signal, as a process stuck in the kernel does SIGKILL.
+    pub fn set_unkillable(&self, pid: u32) {
+        if let Some(p) = self.lock().procs.get_mut(&pid) {
+            p.unkillable = true;
+        }
+    }
+
+    /// The file id the fake gives the program file `exe`: one per name.
+    fn file_of(exe: &str) -> FileId {
+        let ino = exe.bytes().fold(1_469_598_103_934_665_603u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(1_099_511_628_211)
+        });
+        FileId { dev: 8, ino }
     }
 
     fn new_proc(t: &mut Tables, program: &str, args: Vec<OsString>) -> u32 {
@@ -134,7 +175,9 @@ impl RecordingSys {
         t.procs.insert(
             pid,
             Proc {
-                program: program.to_string(),
+                exe: program.to_string(),
+                uid: 0,
+                unkillable: false,
                 args,
                 state: State::Running,
                 exited,
@@ -291,6 +334,9 @@ impl RecordingSys {
             None | Some(State::Dead) => return Err(Errno::ESRCH),
             Some(_) => {}
         }
+        if t.procs.get(&pid).is_some_and(|p| p.unkillable) {
+            return Ok(());
+        }
         let state = match sig {
             Signal::SIGSTOP => State::Stopped,
             Signal::SIGCONT => State::Running,
@@ -350,7 +396,7 @@ impl Sys for RecordingSys {
         fuse && self.server_of(t, path) == Some(State::Running)
     }
 
-    fn spawn(&self, cmd: Command) -> std::io::Result<Spawned> {
+    fn spawn(&self, cmd: Command) -> std::io::Result<Spawned<u32>> {
         let std = cmd.as_std();
         let args: Vec<OsString> = std.get_args().map(OsString::from).collect();
         let program = Path::new(std.get_program())
@@ -368,6 +414,7 @@ impl Sys for RecordingSys {
         let mut rx = t.procs[&pid].exited.subscribe();
         Ok(Spawned {
             pid,
+            pidfd: (!t.no_pidfds).then_some(pid),
             exited: Box::pin(async move {
                 let _ = rx.wait_for(|dead| *dead).await;
                 Ok(ExitStatus::from_raw(Signal::SIGKILL as i32))
@@ -375,20 +422,38 @@ impl Sys for RecordingSys {
         })
     }
 
-    fn processes_with_arg<T>(
-        &self,
-        program: &str,
-        pick: &dyn Fn(&Path) -> Option<T>,
-    ) -> Vec<(u32, T)> {
-        let t = self.record(Call::Processes(program.to_string()));
+    fn processes_with_arg<T>(&self, pick: &dyn Fn(&Path) -> Option<T>) -> Vec<(u32, T)> {
+        let t = self.record(Call::Processes);
         t.procs
             .iter()
-            .filter(|(_, p)| p.state != State::Dead && p.program == program)
+            .filter(|(_, p)| p.state != State::Dead)
             .filter_map(|(pid, p)| {
                 let found = p.args.iter().find_map(|a| pick(Path::new(a)))?;
                 Some((*pid, found))
             })
             .collect()
+    }
+
+    fn process_info(&self, pid: u32) -> Option<ProcInfo> {
+        let t = self.record(Call::ProcessInfo(pid));
+        let p = t.procs.get(&pid).filter(|p| p.state != State::Dead)?;
+        Some(ProcInfo {
+            uid: (p.uid, p.uid),
+            exe: Some(Self::file_of(&p.exe)),
+            exe_path: PathBuf::from("/usr/bin").join(&p.exe),
+            args: p.args.clone(),
+        })
+    }
+
+    fn program_file(&self, program: &str) -> Option<(FileId, PathBuf)> {
+        Some((
+            Self::file_of(program),
+            PathBuf::from("/usr/bin").join(program),
+        ))
+    }
+
+    fn uid(&self) -> u32 {
+        0
     }
 
     fn pid_alive(&self, pid: u32) -> bool {
@@ -403,6 +468,9 @@ impl Sys for RecordingSys {
 
     fn pidfd_open(&self, pid: u32) -> std::io::Result<u32> {
         let t = self.record(Call::PidfdOpen(pid));
+        if t.no_pidfds {
+            return Err(std::io::Error::from_raw_os_error(nix::libc::EPERM));
+        }
         if t.procs.get(&pid).is_some_and(|p| p.state != State::Dead) {
             Ok(pid)
         } else {
@@ -522,8 +590,11 @@ impl<S: Sys> FaultySys<S> {
             }
             Some(Fault::Die) => {
                 drop(f);
-                for (pid, ()) in self.inner.processes_with_arg("s3fs", &|_| Some(())) {
-                    let _ = self.inner.kill(pid, Signal::SIGKILL);
+                let s3fs = self.inner.program_file("s3fs").map(|(id, _)| id);
+                for (pid, ()) in self.inner.processes_with_arg(&|_| Some(())) {
+                    if self.inner.process_info(pid).and_then(|i| i.exe) == s3fs {
+                        let _ = self.inner.kill(pid, Signal::SIGKILL);
+                    }
                 }
                 true
             }
@@ -570,19 +641,27 @@ impl<S: Sys> Sys for FaultySys<S> {
         self.at(Kind::FuseReady) && self.inner.fuse_ready(path)
     }
 
-    fn spawn(&self, cmd: Command) -> std::io::Result<Spawned> {
+    fn spawn(&self, cmd: Command) -> std::io::Result<Spawned<S::Pidfd>> {
         if !self.at(Kind::Spawn) {
             return Err(std::io::Error::other("spawn failed: injected"));
         }
         self.inner.spawn(cmd)
     }
 
-    fn processes_with_arg<T>(
-        &self,
-        program: &str,
-        pick: &dyn Fn(&Path) -> Option<T>,
-    ) -> Vec<(u32, T)> {
-        self.inner.processes_with_arg(program, pick)
+    fn processes_with_arg<T>(&self, pick: &dyn Fn(&Path) -> Option<T>) -> Vec<(u32, T)> {
+        self.inner.processes_with_arg(pick)
+    }
+
+    fn process_info(&self, pid: u32) -> Option<ProcInfo> {
+        self.inner.process_info(pid)
+    }
+
+    fn program_file(&self, program: &str) -> Option<(FileId, PathBuf)> {
+        self.inner.program_file(program)
+    }
+
+    fn uid(&self) -> u32 {
+        self.inner.uid()
     }
 
     fn pid_alive(&self, pid: u32) -> bool {

@@ -85,6 +85,14 @@ pub enum MountError {
     OtherSettings { name: String, volume: String },
     #[error("the bind at {} is not a view of the bucket's s3fs (mount table: {found}); it was undone", .target.display())]
     NotAView { target: PathBuf, found: String },
+    /// An s3fs of ours (by the kernel's word) at a shared mount no volume uses, still there at
+    /// the Mount's deadline after SIGKILL (stuck in the kernel, or started again and again).
+    #[error("an s3fs of bai-s3 (pid {pid}) still ran at {} when the Mount's {} s (--mount-timeout) were up: it was killed but did not exit, or another took its place; no second s3fs is started there", .path.display(), .after.as_secs())]
+    InTheWay {
+        pid: u32,
+        path: PathBuf,
+        after: Duration,
+    },
     #[error("{} is still mounted by something else and cannot be cleared", .target.display())]
     StillMounted { target: PathBuf },
     /// A local step (a folder, a log file) failed: what was being done, and the system's answer.
@@ -118,6 +126,7 @@ impl MountError {
             }
             MountError::NeverReady { .. }
             | MountError::SharedUnanswered { .. }
+            | MountError::InTheWay { .. }
             | MountError::Deadline { .. }
             | MountError::GivenUp => Cause::Timeout,
             MountError::Prefix(_) => Cause::Prefix,

@@ -3,10 +3,11 @@
 //!
 //! Layout under the mount root:
 //! - `.s3fs/<backend>-<bucket>-<hash>`: one s3fs mount per [`Identity`] (backend and all its
-//!   settings, bucket, uid, gid, umask, tuning); `<hash>` is a keyed SHA-256 of all of it, so
-//!   different identities never share a process.
+//!   settings, bucket, uid, gid, umask, tuning, read-only); `<hash>` is a keyed SHA-256 of all
+//!   of it, so different identities never share a process. A read-only identity's mount is
+//!   `.s3fs/<backend>-<bucket>-ro-<hash>`, made by an s3fs started with `-o ro`.
 //! - `<volume>`: the volume's mount point, a bind of the shared mount's root or of its
-//!   `<prefix>` folder, made read-only by a remount when the volume is `ro`.
+//!   `<prefix>` folder, also made read-only by a remount when the volume is `ro`.
 //!
 //! s3fs runs in the foreground (`-f`) as a child in its own process group, with its output in
 //! a private log file, so that it outlives this daemon (a crash or restart must not take
@@ -48,6 +49,8 @@ const S3FS_TYPE: &str = "fuse.s3fs";
 const EXIT_GRACE: Duration = Duration::from_secs(5);
 /// How long a health probe waits for a mount to answer before calling it slow.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a caller waits at least on a statvfs already in flight (see `Liveness::ask`).
+const JOIN_GRACE: Duration = Duration::from_millis(200);
 /// How long adoption at start waits for a mount to answer (no answer: adopted as slow).
 const ADOPT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -70,7 +73,9 @@ pub struct S3fsConfig {
 
 /// Everything that makes one s3fs process: volumes share a process exactly when all of it is
 /// equal. The secret key is part of it (a rotated key gets a new process), and reaches the
-/// name only through a hash keyed with the host's own key.
+/// name only through a hash keyed with the host's own key. Read-only is part of it too: a
+/// read-only volume gets an s3fs mounted read-only (`-o ro`), whose superblock refuses writes
+/// whatever a runtime does to the flags of a bind of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     backend: String,
@@ -85,6 +90,7 @@ pub struct Identity {
     gid: u32,
     umask: u32,
     tuning: Tuning,
+    read_only: bool,
 }
 
 impl Identity {
@@ -103,13 +109,17 @@ impl Identity {
             gid: o.gid,
             umask: o.umask,
             tuning: o.tuning,
+            read_only: o.ro,
         }
     }
 
-    /// The shared mount's name: `<backend>-<bucket>-<32 hex digits>`, readable, the same in
-    /// every run on this host (so a restarted daemon joins its mounts), and different for
-    /// every other identity: the digits are HMAC-SHA256 (keyed with `key`) over every field,
-    /// each length-prefixed, so no two identities encode alike.
+    /// The shared mount's name: `<backend>-<bucket>-<32 hex digits>` (`<backend>-<bucket>-ro-<32
+    /// hex digits>` when read-only), readable, the same in every run on this host (so a
+    /// restarted daemon joins its mounts), and different for every other identity: the digits
+    /// are HMAC-SHA256 (keyed with `key`) over every field, each length-prefixed, so no two
+    /// identities encode alike. A writable identity's fields are those of the versions before
+    /// read-only became part of the identity (its name is unchanged, so a daemon upgraded over
+    /// live mounts joins them); a read-only one has one field more.
     pub fn name(&self, key: &[u8]) -> String {
         // HMAC takes a key of any length; `new_from_slice` cannot fail for it.
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key)
@@ -139,13 +149,15 @@ impl Identity {
             if t.compat_dir { b"1" } else { b"0" },
             b"end",
         ];
-        for f in fields {
+        let read_only: &[&[u8]] = if self.read_only { &[b"read-only"] } else { &[] };
+        for f in fields.iter().chain(read_only) {
             mac.update(&(f.len() as u64).to_be_bytes());
             mac.update(f);
         }
         let digest = mac.finalize().into_bytes();
         let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-        format!("{}-{}-{hex}", self.backend, self.bucket)
+        let ro = if self.read_only { "ro-" } else { "" };
+        format!("{}-{}-{ro}{hex}", self.backend, self.bucket)
     }
 }
 
@@ -163,9 +175,76 @@ struct Liveness<S: Sys> {
     alive: AtomicBool,
     /// Set when a probe got no answer in time; cleared by the next answer.
     slow: AtomicBool,
+    /// The one statvfs of this s3fs's mount in flight, if any: every probe, Mount and
+    /// adoption waits for it rather than starting another (a stopped s3fs would keep each).
+    asking: Mutex<Option<Asking>>,
+}
+
+/// A statvfs in flight: when it started and where its answer will appear.
+struct Asking {
+    started: Instant,
+    answer: watch::Receiver<Option<Result<(), nix::errno::Errno>>>,
 }
 
 impl<S: Sys> Liveness<S> {
+    /// A fresh liveness of the s3fs `pid`, held by `pidfd`.
+    fn new(sys: Arc<S>, pid: u32, pidfd: Option<S::Pidfd>, own_child: bool) -> Self {
+        Liveness {
+            sys,
+            pid,
+            pidfd,
+            own_child,
+            alive: AtomicBool::new(true),
+            slow: AtomicBool::new(false),
+            asking: Mutex::new(None),
+        }
+    }
+
+    /// Ask the mount at `path` (of this s3fs) whether it answers, waiting at most `limit`.
+    /// At most one such call is in flight per s3fs: a caller joins the one running, and one
+    /// still unanswered after `limit` is the answer itself (no new thread is started for a
+    /// stopped s3fs, however often it is asked). `path` is used only by the call it starts.
+    async fn ask(
+        &self,
+        path: &Path,
+        limit: Duration,
+    ) -> Result<Result<(), nix::errno::Errno>, bounded::Unanswered> {
+        let (started, mut answer) = {
+            let mut asking = self.asking.lock().unwrap_or_else(|e| e.into_inner());
+            let running = asking
+                .as_ref()
+                .filter(|a| a.answer.borrow().is_none() && a.answer.has_changed().is_ok());
+            match running {
+                Some(a) => (a.started, a.answer.clone()),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    let (p, sy) = (path.to_path_buf(), self.sys.clone());
+                    // The answer lands in the channel whenever the call returns; the receiver
+                    // is dropped (a panicked call) only with the sender.
+                    drop(bounded::spawn(move || {
+                        let _ = tx.send(Some(sy.statvfs(&p)));
+                    }));
+                    let started = Instant::now();
+                    *asking = Some(Asking {
+                        started,
+                        answer: rx.clone(),
+                    });
+                    (started, rx)
+                }
+            }
+        };
+        // A call stuck since before this caller came counts against its own start: once
+        // older than `limit`, it answers "no answer" after a short look (time for a call
+        // that is just returning, from an s3fs that runs again, to land).
+        let until = (started + limit).max(Instant::now() + limit.min(JOIN_GRACE));
+        let waited = tokio::time::timeout_at(until.into(), answer.wait_for(Option::is_some)).await;
+        match waited {
+            Ok(Ok(v)) => Ok((*v).unwrap_or(Ok(()))),
+            Ok(Err(_)) => Err(bounded::Unanswered::Panicked),
+            Err(_) => Err(bounded::Unanswered::TimedOut(limit)),
+        }
+    }
+
     fn is_alive(&self) -> bool {
         self.alive.load(Ordering::Acquire)
             && match &self.pidfd {
@@ -293,6 +372,9 @@ impl<S: Sys> S3fsMounter<S> {
             format!("url={}", b.endpoint),
             format!("endpoint={}", b.region),
             "allow_other".to_string(),
+            // No set-uid program or device node in a bucket means anything on the host.
+            "nosuid".to_string(),
+            "nodev".to_string(),
             format!("uid={}", o.uid),
             format!("gid={}", o.gid),
             format!("umask={:04o}", o.umask),
@@ -315,6 +397,10 @@ impl<S: Sys> S3fsMounter<S> {
             // would say nothing before it exits.
             format!("logfile={}", self.log_path(name).display()),
         ];
+        if o.ro {
+            // The FUSE superblock itself is read-only: no remount of a bind makes it writable.
+            opts.push("ro".to_string());
+        }
         if b.path_style {
             opts.push("use_path_request_style".to_string());
         }
@@ -335,27 +421,42 @@ impl<S: Sys> S3fsMounter<S> {
         ]
     }
 
-    /// Start s3fs for `spec` at `shared.path` and wait until the mount answers.
+    /// Start s3fs for `spec` at `shared.path` and wait until the mount answers; `deadline`
+    /// is the Mount's.
     async fn start(
         &self,
         spec: &MountSpec,
         name: &str,
         shared: &mut Shared<S>,
+        deadline: Instant,
     ) -> Result<(), MountError> {
         let path = shared.path.clone();
-        // Nothing may be left at the path by an s3fs nobody owns (a daemon that died while
-        // starting it): two s3fs on one path would break one-process-per-bucket.
+        // Nothing may be left at the path by an s3fs of ours nobody owns (a daemon that died
+        // while starting it): two s3fs on one path would break one-process-per-bucket.
         // It serves no volume (`start` runs only when none is bound here), so it is killed.
+        // Only a process the kernel says is ours (see `sys::prove`) is: one that merely calls
+        // itself so, or runs as another user, is left alone and does not stop the Mount.
         let sy = &*self.sys;
-        while let Some(fd) = sys::s3fs_of(sy, &path) {
+        let owner = sys::Owner::of(sy, &self.cfg.program);
+        loop {
+            let (ours, others) = sys::our_s3fs(sy, &owner, &path);
+            if others > 0 {
+                tracing::warn!(path = %path.display(), processes = others, "processes name this shared mount but are not bai-s3's s3fs (another user, another program); left alone");
+            }
+            let Some(fd) = ours.into_iter().next() else {
+                break;
+            };
             tracing::warn!(pid = fd.pid, path = %path.display(), "stopping an s3fs that no volume owns");
             let _ = fd.signal(sy, Signal::SIGKILL);
-            let deadline = Instant::now() + EXIT_GRACE;
             while fd.is_alive(sy) && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            if fd.is_alive(sy) {
-                break;
+            if Instant::now() >= deadline {
+                return Err(MountError::InTheWay {
+                    pid: fd.pid,
+                    path: path.clone(),
+                    after: self.cfg.mount_timeout,
+                });
             }
         }
         if sys::mount_at(&sy.mounts(), &path).is_some() {
@@ -407,7 +508,7 @@ impl<S: Sys> S3fsMounter<S> {
             cmd.env("CURL_CA_BUNDLE", ca);
         }
         let started = Instant::now();
-        let spawned = self.sys.spawn(cmd).map_err(|e| {
+        let mut spawned = self.sys.spawn(cmd).map_err(|e| {
             let _ = fs::remove_dir(&path);
             MountError::Spawn {
                 program: self.cfg.program.clone(),
@@ -416,15 +517,14 @@ impl<S: Sys> S3fsMounter<S> {
         })?;
         let pid = spawned.pid;
         tracing::debug!(shared = name, pid, "s3fs started");
-        // Taken before anything reaps the child, so it is this process.
-        let live = Arc::new(Liveness {
-            sys: self.sys.clone(),
+        // Taken by the spawn before anything could reap the child, so it is this process;
+        // kept while it runs: it is never looked for by its command line again.
+        let live = Arc::new(Liveness::new(
+            self.sys.clone(),
             pid,
-            pidfd: self.sys.pidfd_open(pid).ok(),
-            own_child: true,
-            alive: AtomicBool::new(true),
-            slow: AtomicBool::new(false),
-        });
+            spawned.pidfd.take(),
+            true,
+        ));
 
         // Watch the child: its exit flips `alive` at once, for Get and for the next Mount.
         let (tx, rx) = watch::channel(false);
@@ -678,9 +778,8 @@ impl<S: Sys> Mounter for S3fsMounter<S> {
         let mut s = shared.lock().await;
         if let Some(p) = &s.process {
             let live = p.live.clone();
-            let (path, sy) = (s.path.clone(), self.sys.clone());
             let verdict = if live.is_alive() {
-                bounded::run(self.cfg.mount_timeout, move || sy.statvfs(&path)).await
+                live.ask(&s.path, self.cfg.mount_timeout).await
             } else {
                 Ok(Err(nix::errno::Errno::ENOTCONN))
             };
@@ -709,7 +808,7 @@ impl<S: Sys> Mounter for S3fsMounter<S> {
             }
         }
         if s.process.is_none() {
-            self.start(spec, &name, &mut s).await?;
+            self.start(spec, &name, &mut s, deadline).await?;
         }
         let Some(live) = s.process.as_ref().map(|p| p.live.clone()) else {
             return Err(MountError::NotRunning);
@@ -742,7 +841,8 @@ impl<S: Sys> Mounter for S3fsMounter<S> {
         // the s3fs is gone, nowhere: it works on fds of the FUSE mount.)
         let phase = Arc::new(std::sync::atomic::AtomicU8::new(RUNNING));
         let (ph, sy) = (phase.clone(), self.sys.clone());
-        let mut task = tokio::task::spawn_blocking(move || -> Result<(), MountError> {
+        // On the FUSE pool: the prefix lookup and the bind reach into the s3fs's mount.
+        let mut task = bounded::spawn(move || -> Result<(), MountError> {
             let late = || MountError::GivenUp;
             let cancelled = || ph.load(Ordering::Acquire) == CANCELLED;
             joined?;
@@ -799,7 +899,7 @@ impl<S: Sys> Mounter for S3fsMounter<S> {
         };
         let result = match result {
             Ok(r) => r,
-            Err(join) => Err(MountError::Task(join.to_string())),
+            Err(_) => Err(MountError::Task(bounded::Unanswered::Panicked.to_string())),
         };
         match result {
             Ok(()) => {
@@ -876,18 +976,20 @@ impl<S: Sys> Mounter for S3fsMounter<S> {
         let live = match s.process.as_ref() {
             Some(p) if p.is_alive() => p.live.clone(),
             _ => {
-                let Some(found) = sys::s3fs_of(&*self.sys, &shared_mount.mount_point) else {
+                // Only an s3fs the kernel says is ours (uid, executable, through its pidfd);
+                // a process that only calls itself so is not adopted, so never signalled.
+                let owner = sys::Owner::of(&*self.sys, &self.cfg.program);
+                let Some(found) = sys::s3fs_of(&*self.sys, &owner, &shared_mount.mount_point)
+                else {
                     return Adoption::Dead;
                 };
                 // Without a pidfd it is watched by PID and never signalled.
-                let live = Arc::new(Liveness {
-                    sys: self.sys.clone(),
-                    pid: found.pid,
-                    pidfd: found.pidfd,
-                    own_child: false,
-                    alive: AtomicBool::new(true),
-                    slow: AtomicBool::new(false),
-                });
+                let live = Arc::new(Liveness::new(
+                    self.sys.clone(),
+                    found.pid,
+                    found.pidfd,
+                    false,
+                ));
                 s.path = shared_mount.mount_point.clone();
                 s.process = Some(Process {
                     live: live.clone(),
@@ -896,8 +998,7 @@ impl<S: Sys> Mounter for S3fsMounter<S> {
                 live
             }
         };
-        let (t, sy) = (target.to_path_buf(), self.sys.clone());
-        match bounded::run(ADOPT_TIMEOUT, move || sy.statvfs(&t)).await {
+        match live.ask(target, ADOPT_TIMEOUT).await {
             Ok(Err(e)) if sys::is_gone(e) => return Adoption::Dead,
             Err(_) => live.slow.store(true, Ordering::Release),
             Ok(_) => {}
@@ -934,8 +1035,7 @@ impl<S: Sys> Mounter for S3fsMounter<S> {
         if sys::mount_at(&self.sys.mounts(), target).is_none() {
             return Health::Stale;
         }
-        let (t, sy) = (target.to_path_buf(), self.sys.clone());
-        match bounded::run(PROBE_TIMEOUT, move || sy.statvfs(&t)).await {
+        match live.ask(target, PROBE_TIMEOUT).await {
             Ok(Err(e)) if sys::is_gone(e) => Health::Stale,
             Err(bounded::Unanswered::TimedOut(_)) => {
                 live.slow.store(true, Ordering::Release);
@@ -958,6 +1058,7 @@ impl<S: Sys> Mounter for S3fsMounter<S> {
             map.keys().map(|n| shared_root.join(n)).collect()
         };
         let sy = &*self.sys;
+        let owner = sys::Owner::of(sy, &self.cfg.program);
         let table = sy.mounts();
         // Only what is provably ours is touched: s3fs mounts (and binds of them) in our own
         // folders. A held volume's target, and any s3fs it is a view of, is never touched.
@@ -1016,7 +1117,7 @@ impl<S: Sys> Mounter for S3fsMounter<S> {
                 && !kept_devs.contains(&m.dev)
             {
                 tracing::info!(path = %m.mount_point.display(), "stopping an s3fs left by an earlier run");
-                let s3fs = sys::s3fs_of(sy, &m.mount_point);
+                let s3fs = sys::s3fs_of(sy, &owner, &m.mount_point);
                 bounded_unmount(m.mount_point.clone()).await;
                 // Its mount is gone: it exits by itself, unless it still serves files opened
                 // before a lazy detach; then it is left to finish them.
@@ -1037,14 +1138,15 @@ impl<S: Sys> Mounter for S3fsMounter<S> {
         // An s3fs started by a run that died before its mount was ready: it has no mount, so
         // it serves nobody, and its mount might still appear.
         let mounted: HashSet<PathBuf> = sy.mounts().into_iter().map(|m| m.mount_point).collect();
-        let strays = sy.processes_with_arg("s3fs", &|a| {
+        let strays = sy.processes_with_arg(&|a| {
             (a.parent() == Some(shared_root.as_path())
                 && !in_use.contains(a)
                 && !mounted.contains(a))
             .then(|| a.to_path_buf())
         });
-        for (_, path) in strays {
-            let Some(fd) = sys::s3fs_of(sy, &path) else {
+        for (pid, path) in strays {
+            // Argv found it; only the kernel's word makes it ours (see `sys::prove`).
+            let Some(fd) = sys::prove(sy, &owner, pid, &path) else {
                 continue;
             };
             tracing::info!(pid = fd.pid, path = %path.display(), "stopping an s3fs that no volume owns");
@@ -1101,20 +1203,33 @@ mod tests {
     }
 
     #[test]
-    fn shared_names_split_on_settings_but_not_on_prefix_or_ro() {
+    fn shared_names_split_on_settings_and_ro_but_not_on_prefix() {
         let a = name(&[("bucket", "abc")]);
-        let b = name(&[("bucket", "abc"), ("prefix", "p/q"), ("ro", "true")]);
+        let b = name(&[("bucket", "abc"), ("prefix", "p/q")]);
         assert_eq!(a, b);
         for other in [
             name(&[("bucket", "abc"), ("uid", "1000")]),
             name(&[("bucket", "abc"), ("compat-dir", "false")]),
             name(&[("bucket", "abc"), ("cache", "true")]),
             name(&[("bucket", "abd")]),
+            name(&[("bucket", "abc"), ("ro", "true")]),
         ] {
             assert_ne!(a, other);
         }
-        // Pinned format: `<backend>-<bucket>-<32 hex>`, HMAC-SHA256 with the host's key.
+        // Pinned format: `<backend>-<bucket>-<32 hex>`, HMAC-SHA256 with the host's key. A
+        // writable volume's name is the one versions before read-only s3fs mounts gave it (a
+        // restart after an upgrade must find its live mounts by it): both pins are the
+        // values the version before computed for these options and key.
         assert_eq!(a, "default-abc-fcd37c96b82030ac88cb11972719b43c");
+        let tuned = name(&[("bucket", "abc"), ("uid", "1000"), ("cache", "true")]);
+        assert_eq!(tuned, "default-abc-28864e3c66d9b744e0b7910511bdf210");
+        // A read-only volume has an s3fs of its own, whatever its prefix, named so.
+        let ro = name(&[("bucket", "abc"), ("ro", "true")]);
+        assert_eq!(
+            ro,
+            name(&[("bucket", "abc"), ("ro", "true"), ("prefix", "p")])
+        );
+        assert_eq!(ro, "default-abc-ro-7a8f1c4b49795c6f696942ff0c7f377d");
         // Another host key, another name; the secret key never shows.
         let other_host = Identity::of(&spec(&[("bucket", "abc")])).name(&[8; fsutil::KEY_LEN]);
         assert_ne!(a, other_host);
@@ -1170,16 +1285,21 @@ mod tests {
         assert_eq!(log_tail(&dir.path().join("none")), "(nothing)");
     }
 
-    #[test]
-    fn the_command_line_holds_no_secret() {
-        let m = S3fsMounter::new(S3fsConfig {
+    /// A real mounter over `/m` and `/s` (nothing is mounted: for its command lines).
+    fn mounter() -> S3fsMounter {
+        S3fsMounter::new(S3fsConfig {
             mount_root: "/m".into(),
             state_dir: "/s".into(),
             mount_timeout: Duration::from_secs(1),
             program: "s3fs".into(),
             min_disk_free: 512,
             name_key: [7; fsutil::KEY_LEN],
-        });
+        })
+    }
+
+    #[test]
+    fn the_command_line_holds_no_secret() {
+        let m = mounter();
         let s = spec(&[("bucket", "abc"), ("uid", "1000"), ("cache", "true")]);
         let args = m.s3fs_args(&s, "n", Path::new("/m/.s3fs/n")).join(" ");
         assert!(!args.contains("TOPSECRET"), "{args}");
@@ -1190,5 +1310,25 @@ mod tests {
         let s = spec(&[("bucket", "abc"), ("compat-dir", "false")]);
         let args = m.s3fs_args(&s, "n", Path::new("/m/.s3fs/n")).join(" ");
         assert!(args.contains(",notsup_compat_dir"), "{args}");
+    }
+
+    /// The FUSE mount options (`-o a,b,c`) of the s3fs started for `pairs`.
+    fn fuse_options(pairs: &[(&str, &str)]) -> Vec<String> {
+        let m = mounter();
+        let args = m.s3fs_args(&spec(pairs), "n", Path::new("/m/.s3fs/n"));
+        let at = args.iter().position(|a| a == "-o").unwrap();
+        args[at + 1].split(',').map(str::to_string).collect()
+    }
+
+    #[test]
+    fn every_s3fs_is_nosuid_nodev_and_a_read_only_one_is_mounted_ro() {
+        let rw = fuse_options(&[("bucket", "abc")]);
+        let ro = fuse_options(&[("bucket", "abc"), ("ro", "true")]);
+        for o in [&rw, &ro] {
+            assert!(o.iter().any(|x| x == "nosuid"), "{o:?}");
+            assert!(o.iter().any(|x| x == "nodev"), "{o:?}");
+        }
+        assert!(!rw.iter().any(|x| x == "ro" || x == "rw"), "{rw:?}");
+        assert!(ro.iter().any(|x| x == "ro"), "{ro:?}");
     }
 }

@@ -207,11 +207,8 @@ async fn sweep_removes_leftovers_but_never_a_kept_target_its_s3fs_or_foreign_mou
 async fn the_last_unmount_stops_a_shared_s3fs_and_never_signals_one_still_in_use() {
     let r = Rig::new(T);
     let (name, pid) = r.mount("a", B).await;
-    let (name_b, pid_b) = r.mount("b", &[("bucket", "bkt"), ("ro", "true")]).await;
+    let (name_b, pid_b) = r.mount("b", B).await;
     assert_eq!((name_b, pid_b), (name.clone(), pid));
-    assert!(r
-        .fake()
-        .called(|c| matches!(c, Call::Bind(_, t, true) if *t == r.target("b"))));
 
     r.m.unmount(&r.target("a")).await.unwrap();
     assert!(!r.fake().is_mounted(&r.target("a")) && !r.target("a").exists());
@@ -371,4 +368,276 @@ async fn an_s3fs_dying_during_its_start_fails_the_mount_with_its_words() {
     assert!(matches!(e, MountError::Spawn { .. }), "{e:?}");
     // Faults are one-off: the next Mount works.
     r.mount("v", B).await;
+}
+
+/// The `-o` options of the s3fs spawned for the shared mount `name`.
+fn spawned_options(r: &Rig, name: &str) -> Vec<String> {
+    let path = r.shared(name).into_os_string();
+    let calls = r.fake().calls();
+    let args = calls
+        .iter()
+        .find_map(|c| match c {
+            Call::Spawn(a) if a.get(1) == Some(&path) => Some(a.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no s3fs was spawned for {name}"));
+    let at = args.iter().position(|a| a == "-o").unwrap();
+    let opts = args[at + 1].to_string_lossy().into_owned();
+    opts.split(',').map(str::to_string).collect()
+}
+
+#[tokio::test]
+async fn a_read_only_volume_gets_an_s3fs_of_its_own_mounted_read_only() {
+    let r = Rig::new(T);
+    let ro = &[("bucket", "bkt"), ("ro", "true")];
+    let (rw_name, rw_pid) = r.mount("a", B).await;
+    let (ro_name, ro_pid) = r.mount("b", ro).await;
+    // Same bucket, two identities: two processes, the read-only one named so.
+    assert_ne!(ro_name, rw_name);
+    assert_ne!(ro_pid, rw_pid);
+    assert!(
+        ro_name.contains("-ro-") && !rw_name.contains("-ro-"),
+        "{ro_name} {rw_name}"
+    );
+    let (rw_o, ro_o) = (spawned_options(&r, &rw_name), spawned_options(&r, &ro_name));
+    assert!(ro_o.contains(&"ro".to_string()), "{ro_o:?}");
+    assert!(!rw_o.contains(&"ro".to_string()), "{rw_o:?}");
+    for o in [&rw_o, &ro_o] {
+        assert!(o.contains(&"nosuid".to_string()) && o.contains(&"nodev".to_string()));
+    }
+    // The bind of a read-only volume is read-only too; a writable one's is not.
+    let bound_ro = |t: PathBuf| move |c: &Call| matches!(c, Call::Bind(_, to, true) if *to == t);
+    assert!(r.fake().called(bound_ro(r.target("b"))));
+    assert!(!r.fake().called(bound_ro(r.target("a"))));
+    // Another read-only volume of the bucket, another prefix (one a writer made): the same
+    // read-only s3fs.
+    fs::create_dir(r.shared(&ro_name).join("p")).unwrap();
+    let (c_name, c_pid) = r
+        .mount("c", &[("bucket", "bkt"), ("ro", "true"), ("prefix", "p")])
+        .await;
+    assert_eq!((c_name, c_pid), (ro_name.clone(), ro_pid));
+    // Each stops with its own last volume; the other is never touched.
+    r.m.unmount(&r.target("b")).await.unwrap();
+    r.m.unmount(&r.target("c")).await.unwrap();
+    assert_eq!(r.fake().state(ro_pid), Some(State::Dead));
+    assert_eq!(r.fake().state(rw_pid), Some(State::Running));
+    assert!(!r.fake().signalled(rw_pid));
+    assert_eq!(r.m.health(&r.target("a")), Health::Ok);
+}
+
+#[tokio::test]
+async fn a_read_only_bind_of_a_writable_s3fs_left_by_an_older_version_is_adopted_and_kept() {
+    let r = Rig::new(T);
+    let (rw_name, rw_pid) = r.mount("w", B).await;
+    // What versions before read-only s3fs mounts made of a ro volume: a bind of the bucket's
+    // writable s3fs, recorded with that s3fs's name.
+    r.fake()
+        .add_bind(&r.shared(&rw_name), "/", &r.target("old"))
+        .unwrap();
+    let m2 = r.restarted();
+    for v in ["w", "old"] {
+        assert_eq!(
+            m2.adopt(&r.target(v), Some(&rw_name)).await,
+            Adoption::Live {
+                shared: rw_name.clone()
+            },
+            "{v}"
+        );
+    }
+    // A new Mount of a ro volume gets the new scheme; the adopted one keeps its bind.
+    let ro = m2
+        .mount(&r.spec("new", &[("bucket", "bkt"), ("ro", "true")]))
+        .await
+        .unwrap();
+    assert_ne!(ro, rw_name);
+    assert!(spawned_options(&r, &ro).contains(&"ro".to_string()));
+    assert!(r.fake().is_mounted(&r.target("old")));
+    assert_eq!(m2.health(&r.target("old")), Health::Ok);
+    m2.unmount(&r.target("new")).await.unwrap();
+    // Its last holder gone, the old bind goes, and the writable s3fs stays for `w`.
+    m2.unmount(&r.target("old")).await.unwrap();
+    assert!(!r.fake().is_mounted(&r.target("old")));
+    assert_eq!(r.fake().state(rw_pid), Some(State::Running));
+    assert!(!r.fake().signalled(rw_pid));
+    assert_eq!(m2.health(&r.target("w")), Health::Ok);
+}
+
+/// Processes that name a shared mount in their arguments (argv[0] is theirs to make `s3fs`)
+/// but that the kernel says are not bai-s3's s3fs: one of another uid running the s3fs
+/// program, one of root running another program.
+fn impostors(r: &Rig, path: &Path) -> [u32; 2] {
+    let args = ["bkt", path.to_str().unwrap(), "-f"];
+    [
+        r.fake().add_process_as(65534, "s3fs", &args),
+        r.fake().add_process_as(0, "perl", &args),
+    ]
+}
+
+#[tokio::test]
+async fn a_process_with_the_right_argv_but_another_uid_or_exe_is_neither_adopted_nor_signalled() {
+    let r = Rig::new(T);
+    // A live mount whose s3fs has gone, and impostors (lower PIDs) that name its path.
+    let (name, pid) = r.mount("v", B).await;
+    let shared = r.shared(&name);
+    let fakes = impostors(&r, &shared);
+    r.fake().set_state(pid, State::Dead);
+    let m2 = r.restarted();
+    assert_eq!(m2.adopt(&r.target("v"), Some(&name)).await, Adoption::Dead);
+    // The next Mount starts a new s3fs next to them: they are in nobody's way.
+    let name2 = m2.mount(&r.spec("w", B)).await.unwrap();
+    assert_eq!(name2, name);
+    // And the sweep, which stops s3fs that serve nobody, leaves them be too: for processes
+    // named like a shared mount that is not mounted...
+    let stray = r.shared("default-stray-9");
+    let stray_fakes = impostors(&r, &stray);
+    m2.sweep(&[r.target("w")]).await;
+    // ...and for a shared mount nobody holds any more.
+    let m3 = r.restarted();
+    m3.sweep(&[]).await;
+    for p in fakes.into_iter().chain(stray_fakes) {
+        assert!(!r.fake().signalled(p), "impostor {p} was signalled");
+        assert_eq!(r.fake().state(p), Some(State::Running));
+    }
+    // The one of root running the s3fs program is ours and was adopted, or stopped by sweep.
+    let real = r
+        .fake()
+        .add_process("s3fs", &["bkt", stray.to_str().unwrap(), "-f"]);
+    r.restarted().sweep(&[r.target("w")]).await;
+    assert!(r.fake().signalled(real));
+}
+
+#[tokio::test]
+async fn an_unmounted_shared_mount_named_by_an_impostor_mounts_without_signalling_it() {
+    let r = Rig::new(T);
+    let name = r.m.shared_name(&r.spec("v", B));
+    let fakes = impostors(&r, &r.shared(&name));
+    r.m.mount(&r.spec("v", B)).await.unwrap();
+    assert_eq!(r.m.probe(&r.target("v")).await, Health::Ok);
+    assert_eq!(
+        r.fake().live_pids().len(),
+        3,
+        "the impostors and the new s3fs"
+    );
+    for p in fakes {
+        assert!(!r.fake().signalled(p));
+        assert_eq!(r.fake().state(p), Some(State::Running));
+    }
+}
+
+#[tokio::test]
+async fn an_s3fs_of_ours_that_will_not_die_fails_the_mount_at_its_deadline_saying_so() {
+    let r = Rig::new(Duration::from_millis(300));
+    let name = r.m.shared_name(&r.spec("v", B));
+    let shared = r.shared(&name);
+    // Ours by the kernel's word, and stuck where SIGKILL does not reach it.
+    let stuck = r
+        .fake()
+        .add_process("s3fs", &["bkt", shared.to_str().unwrap()]);
+    r.fake().set_unkillable(stuck);
+    let started = Instant::now();
+    let e = r.m.mount(&r.spec("v", B)).await.unwrap_err();
+    assert!(
+        matches!(e, MountError::InTheWay { pid, .. } if pid == stuck),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string().contains(&format!("pid {stuck}"))
+            && e.to_string().contains("--mount-timeout"),
+        "{e}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(r.fake().signalled(stuck));
+    // Nothing was started next to it.
+    assert!(!r.fake().called(|c| matches!(c, Call::Spawn(_))));
+}
+
+#[tokio::test]
+async fn a_stopped_s3fs_has_one_probe_in_flight_however_many_rounds_and_volumes() {
+    let r = Rig::new(Duration::from_millis(300));
+    let mut pid = 0;
+    for i in 0..8 {
+        pid = r.mount(&format!("v{i}"), B).await.1;
+    }
+    let statvfs = || {
+        r.fake()
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, Call::Statvfs(_)))
+            .count()
+    };
+    let before = statvfs();
+    r.fake().set_state(pid, State::Stopped);
+    // 30 health rounds of 8 probes each, side by side as the driver runs them, and Mounts of
+    // the same bucket meanwhile.
+    for _ in 0..30 {
+        let targets: Vec<PathBuf> = (0..8).map(|i| r.target(&format!("v{i}"))).collect();
+        for h in join_all(targets.iter().map(|t| r.m.probe(t))).await {
+            assert_eq!(h, Health::Slow);
+        }
+        let e = r.m.mount(&r.spec("late", B)).await.unwrap_err();
+        assert!(matches!(e, MountError::SharedUnanswered { .. }), "{e:?}");
+    }
+    assert_eq!(statvfs() - before, 1, "one call into the stopped s3fs");
+    assert!(!r.fake().signalled(pid));
+    // Once it runs again, the stuck call returns and the next probe asks anew.
+    r.fake().set_state(pid, State::Running);
+    let mut ok = false;
+    for _ in 0..100 {
+        if r.m.probe(&r.target("v0")).await == Health::Ok {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(ok);
+    assert_eq!(r.m.health(&r.target("v3")), Health::Ok);
+}
+
+/// Await every future side by side (as `JoinSet` in the driver's health round does).
+async fn join_all<F: std::future::Future>(fs: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut out = Vec::new();
+    let fs: Vec<_> = fs.map(Box::pin).collect();
+    let mut pending: Vec<Option<_>> = fs.into_iter().map(Some).collect();
+    let n = pending.len();
+    out.resize_with(n, || None);
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (i, f) in pending.iter_mut().enumerate() {
+            if let Some(fut) = f {
+                match fut.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        out[i] = Some(v);
+                        *f = None;
+                    }
+                    std::task::Poll::Pending => done = false,
+                }
+            }
+        }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
+
+#[tokio::test]
+async fn where_pidfds_are_refused_a_leftover_s3fs_is_never_signalled_and_the_mount_says_so() {
+    let r = Rig::new(Duration::from_millis(300));
+    r.fake().refuse_pidfds();
+    let name = r.m.shared_name(&r.spec("v", B));
+    let left = r
+        .fake()
+        .add_process("s3fs", &["bkt", r.shared(&name).to_str().unwrap()]);
+    let e = r.m.mount(&r.spec("v", B)).await.unwrap_err();
+    assert!(
+        matches!(e, MountError::InTheWay { pid, .. } if pid == left),
+        "{e:?}"
+    );
+    assert!(!r.fake().signalled(left));
+    r.m.sweep(&[]).await;
+    assert!(!r.fake().signalled(left));
+    assert_eq!(r.fake().state(left), Some(State::Running));
 }

@@ -94,6 +94,8 @@ pub enum TableError {
     },
     #[error("read-only remount of {} failed: {}", .at.display(), .errno.desc())]
     ReadOnly { at: PathBuf, errno: Errno },
+    #[error("remount of {} with nosuid,nodev failed: {}", .at.display(), .errno.desc())]
+    NoSuid { at: PathBuf, errno: Errno },
     #[error("making {} a private mount failed: {}", .dir.display(), .errno.desc())]
     Private { dir: PathBuf, errno: Errno },
     #[error("unmount of {} failed: {}", .path.display(), .errno.desc())]
@@ -101,6 +103,30 @@ pub enum TableError {
     /// A folder of the daemon's own (the staging folder of read-only binds) could not be used.
     #[error("{}", .error)]
     Folder { error: String },
+}
+
+/// The per-mount flags every mount the daemon makes carries: nothing in a bucket (or in the
+/// daemon's staging folder) is a set-uid program or a device node to the host. A new bind
+/// takes its source mount's flags, and every shared s3fs is mounted with them; a bind
+/// remount sets all per-mount flags at once, so each remount names them again.
+pub const NOSUID_NODEV: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV);
+
+/// Remount the bind mount at `at` with `add` and [`NOSUID_NODEV`], keeping the per-mount
+/// flags it has (noexec, read-only, and its atime mode, which the kernel keeps when none is
+/// named): a flag left out of a bind remount is cleared.
+fn remount_bind(at: &Path, add: MsFlags) -> Result<(), Errno> {
+    let has = nix::sys::statvfs::statvfs(at)?.flags();
+    use nix::sys::statvfs::FsFlags;
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | NOSUID_NODEV | add;
+    for (st, ms) in [
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+    ] {
+        if has.contains(st) {
+            flags |= ms;
+        }
+    }
+    mount(None::<&str>, at, None::<&str>, flags, None::<&str>)
 }
 
 fn bind_once(source: &Path, target: &Path, shown: (&Path, &Path)) -> Result<(), TableError> {
@@ -128,7 +154,12 @@ fn bind_once(source: &Path, target: &Path, shown: (&Path, &Path)) -> Result<(), 
 /// host whose `/` is shared), the copies already propagated to the host stay writable, and
 /// Docker hands those to containers. So a read-only bind is made in a staging folder inside a
 /// private mount, remounted read-only there, and only then bound onto `target`: every copy of
-/// that bind, propagated or not, starts read-only.
+/// that bind, propagated or not, starts read-only. The remount names nosuid and nodev again
+/// (see [`NOSUID_NODEV`]); a writable bind is never remounted and keeps its source's flags.
+///
+/// A runtime that binds the volume again and remounts that bind to add flags of its own
+/// clears the read-only flag of its copy: what holds then is the read-only s3fs behind a
+/// read-only volume (see `s3fs::Identity`), not this bind.
 pub fn bind(
     source: BorrowedFd<'_>,
     target: BorrowedFd<'_>,
@@ -156,8 +187,7 @@ pub fn bind(
             }
         })?;
     bind_once(&src, &fd_path(stage_fd.as_fd()), (shown.0, &stage))?;
-    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-    let result = mount(None::<&str>, &stage, None::<&str>, flags, None::<&str>)
+    let result = remount_bind(&stage, MsFlags::MS_RDONLY)
         .map_err(|errno| TableError::ReadOnly {
             at: stage.clone(),
             errno,
@@ -169,7 +199,8 @@ pub fn bind(
 }
 
 /// Make `dir` (a folder the daemon checked at start, see [`crate::fsutil::sub_dir`]) a mount
-/// of its own with private propagation, so mounts made inside it are seen nowhere else.
+/// of its own with private propagation, so mounts made inside it are seen nowhere else, and
+/// with nosuid and nodev, as every mount the daemon makes.
 pub fn make_private_mount(dir: &Path) -> Result<(), TableError> {
     let fd = open_dir(dir).map_err(|e| TableError::Folder {
         error: e.to_string(),
@@ -178,6 +209,11 @@ pub fn make_private_mount(dir: &Path) -> Result<(), TableError> {
         let p = fd_path(fd.as_fd());
         bind_once(&p, &p, (dir, dir))?;
     }
+    // Also when an earlier version made it without them.
+    remount_bind(dir, MsFlags::empty()).map_err(|errno| TableError::NoSuid {
+        at: dir.to_path_buf(),
+        errno,
+    })?;
     mount(
         None::<&str>,
         dir,
@@ -212,9 +248,11 @@ pub fn statvfs_ok(path: &Path) -> Result<(), Errno> {
     nix::sys::statvfs::statvfs(path).map(|_| ())
 }
 
-/// Live (not zombie) processes running `program`, with the first argument for which `pick`
-/// returns something, and that something.
-pub fn processes_with_arg<T>(program: &str, pick: impl Fn(&Path) -> Option<T>) -> Vec<(u32, T)> {
+/// Live (not zombie) processes with an argument (after argv[0]) for which `pick` returns
+/// something, and that something; only those whose argv[0] is named `program` when given.
+/// Argv is the process's own to rewrite: what this finds are candidates, never proof (see
+/// [`our_s3fs`]).
+fn scan_args<T>(program: Option<&str>, pick: &dyn Fn(&Path) -> Option<T>) -> Vec<(u32, T)> {
     let Ok(dir) = fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -225,13 +263,97 @@ pub fn processes_with_arg<T>(program: &str, pick: impl Fn(&Path) -> Option<T>) -
             let mut args = cmd
                 .split(|b| *b == 0)
                 .map(|a| Path::new(OsStr::from_bytes(a)));
-            if args.next()?.file_name() != Some(OsStr::new(program)) {
+            let argv0 = args.next()?;
+            if program.is_some_and(|p| argv0.file_name() != Some(OsStr::new(p))) {
                 return None;
             }
-            let found = args.find_map(&pick)?;
+            let found = args.find_map(pick)?;
             is_alive(pid).then_some((pid, found))
         })
         .collect()
+}
+
+/// Live (not zombie) processes running `program` (by argv[0]), with the first argument for
+/// which `pick` returns something, and that something. For counting only (metrics): argv
+/// proves nothing about who runs a process.
+pub fn processes_with_arg<T>(program: &str, pick: impl Fn(&Path) -> Option<T>) -> Vec<(u32, T)> {
+    scan_args(Some(program), &pick)
+}
+
+/// A file as the kernel knows it: device and inode, which no process can fake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// What the kernel says about a process: who runs it and what it runs. Read from /proc, so
+/// only meaningful for a process held by a pidfd that is still alive after the reading.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcInfo {
+    /// Real and effective uid (`/proc/PID/status`).
+    pub uid: (u32, u32),
+    /// The executable (`/proc/PID/exe`, followed): None when it cannot be read.
+    pub exe: Option<FileId>,
+    /// Where the executable was when it was started (`/proc/PID/exe` read as a link); ends in
+    /// ` (deleted)` once that file was replaced (an upgraded s3fs package).
+    pub exe_path: PathBuf,
+    /// The arguments after argv[0].
+    pub args: Vec<std::ffi::OsString>,
+}
+
+/// The executable that `program` names: a path, or a name looked up in `PATH` as the spawn
+/// does; its identity and its canonical path.
+pub fn program_file(program: &str) -> Option<(FileId, PathBuf)> {
+    use std::os::unix::fs::MetadataExt;
+    let found = if program.contains('/') {
+        PathBuf::from(program)
+    } else {
+        let path =
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+        std::env::split_paths(&path)
+            .map(|d| d.join(program))
+            .find(|p| p.is_file())?
+    };
+    let m = fs::metadata(&found).ok()?;
+    let canonical = fs::canonicalize(&found).ok()?;
+    Some((
+        FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+        },
+        canonical,
+    ))
+}
+
+/// Read what the kernel says about `pid` (see [`ProcInfo`]); None when it is gone.
+pub fn proc_info(pid: u32) -> Option<ProcInfo> {
+    use std::os::unix::fs::MetadataExt;
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let uid_line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    let mut ids = uid_line.split_whitespace().map(str::parse::<u32>);
+    let (Some(Ok(real)), Some(Ok(effective))) = (ids.next(), ids.next()) else {
+        return None;
+    };
+    let exe = fs::metadata(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|m| FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+        });
+    let exe_path = fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+    let cmd = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args = cmd
+        .split(|b| *b == 0)
+        .skip(1)
+        .map(|a| OsStr::from_bytes(a).to_os_string())
+        .collect();
+    Some(ProcInfo {
+        uid: (real, effective),
+        exe,
+        exe_path,
+        args,
+    })
 }
 
 /// True while `pid` exists and is not a zombie.
@@ -310,8 +432,8 @@ impl Pidfd {
     }
 }
 
-/// A process found by its command line: held by a pidfd where the kernel (or a container's
-/// seccomp profile) allows one, else by its bare PID, checked just before.
+/// An s3fs proven ours (see [`our_s3fs`]): held by a pidfd where the kernel (or a container's
+/// seccomp profile) allows one, else by its bare PID (then watched, never signalled).
 #[derive(Debug)]
 pub struct Found<P = Pidfd> {
     pub pid: u32,
@@ -327,48 +449,98 @@ impl<P> Found<P> {
         }
     }
 
-    /// Signal it: through the pidfd, so never a process that reused its PID; without one,
-    /// by PID right after the check (the old, racy way, only where pidfds are refused).
+    /// Signal it through the pidfd, so never a process that reused its PID. Without one
+    /// (where pidfds are refused) the proof is not tied to the process, so it is not
+    /// signalled at all: EPERM.
     pub fn signal<S: Sys<Pidfd = P>>(&self, sys: &S, sig: Signal) -> Result<(), Errno> {
         match &self.pidfd {
             Some(fd) => sys.pidfd_signal(fd, sig),
-            None => sys.kill(self.pid, sig),
+            None => Err(Errno::EPERM),
         }
     }
 }
 
-/// The live `program` processes with `arg` as an argument. The pidfd of each is taken
-/// *before* its command line is checked, so it is known to be that process.
-pub fn find_with_arg<S: Sys>(sys: &S, program: &str, arg: &OsStr) -> Vec<Found<S::Pidfd>> {
-    let pids = |sys: &S| -> Vec<u32> {
-        sys.processes_with_arg(program, &|a| (a.as_os_str() == arg).then_some(()))
-            .into_iter()
-            .map(|(pid, ())| pid)
-            .collect()
+/// The s3fs bai-s3 runs: the daemon's own uid and the configured program's file.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    pub uid: u32,
+    /// The configured s3fs program (see [`program_file`]); None when it cannot be found, and
+    /// then no process is ours.
+    pub exe: Option<(FileId, PathBuf)>,
+}
+
+impl Owner {
+    /// Who bai-s3's s3fs processes are on `sys`, for the program `program` (`--s3fs`).
+    pub fn of<S: Sys>(sys: &S, program: &str) -> Owner {
+        Owner {
+            uid: sys.uid(),
+            exe: sys.program_file(program),
+        }
+    }
+
+    /// True when the kernel's word on a process says it is ours and names `path`: real and
+    /// effective uid are the daemon's (no other user can dress a process up as one of these),
+    /// and its executable is the configured s3fs, by device and inode, or by its old path
+    /// once an upgrade replaced that file (only a user who may replace it could run one).
+    pub fn owns(&self, info: &ProcInfo, path: &Path) -> bool {
+        let Some((id, canonical)) = &self.exe else {
+            return false;
+        };
+        let deleted = {
+            let mut p = canonical.as_os_str().to_os_string();
+            p.push(" (deleted)");
+            p
+        };
+        info.uid == (self.uid, self.uid)
+            && (info.exe == Some(*id) || info.exe_path.as_os_str() == deleted)
+            && info.args.iter().any(|a| a.as_os_str() == path.as_os_str())
+    }
+}
+
+/// Prove that `pid` is bai-s3's s3fs of the mount at `path` (see [`Owner::owns`]): its pidfd
+/// is taken first, the kernel's word read after, and the process must still be alive through
+/// that pidfd once the reading is done, so the word was about the process the pidfd holds
+/// (its PID cannot have been reused meanwhile). None: not ours, or gone.
+pub fn prove<S: Sys>(sys: &S, owner: &Owner, pid: u32, path: &Path) -> Option<Found<S::Pidfd>> {
+    let pidfd = match sys.pidfd_open(pid) {
+        Ok(fd) => Some(fd),
+        Err(e) if e.raw_os_error() == Some(nix::libc::ESRCH) => return None,
+        Err(_) => None,
     };
-    pids(sys)
-        .into_iter()
-        .filter_map(|pid| {
-            let pidfd = match sys.pidfd_open(pid) {
-                Ok(fd) => Some(fd),
-                Err(e) if e.raw_os_error() == Some(nix::libc::ESRCH) => return None,
-                Err(_) => None,
-            };
-            pids(sys).contains(&pid).then_some(Found { pid, pidfd })
-        })
-        .collect()
+    let info = sys.process_info(pid)?;
+    if !owner.owns(&info, path) {
+        return None;
+    }
+    let found = Found { pid, pidfd };
+    found.is_alive(sys).then_some(found)
 }
 
-/// The s3fs process serving the mount at `path` (see [`find_with_arg`]).
-pub fn s3fs_of<S: Sys>(sys: &S, path: &Path) -> Option<Found<S::Pidfd>> {
-    find_with_arg(sys, "s3fs", path.as_os_str())
-        .into_iter()
-        .next()
+/// Every s3fs proven bai-s3's that serves (or starts for) the mount at `path`, and how many
+/// processes named it without being ours (impostors or another user's; never signalled).
+pub fn our_s3fs<S: Sys>(sys: &S, owner: &Owner, path: &Path) -> (Vec<Found<S::Pidfd>>, usize) {
+    let candidates = sys.processes_with_arg(&|a| (a.as_os_str() == path.as_os_str()).then_some(()));
+    let mut ours = Vec::new();
+    let mut others = 0;
+    for (pid, ()) in candidates {
+        match prove(sys, owner, pid, path) {
+            Some(f) => ours.push(f),
+            None => others += 1,
+        }
+    }
+    (ours, others)
 }
 
-/// A started s3fs: its PID and a future that resolves when it exits (and reaps it).
-pub struct Spawned {
+/// The s3fs serving the mount at `path`, proven ours (see [`our_s3fs`]).
+pub fn s3fs_of<S: Sys>(sys: &S, owner: &Owner, path: &Path) -> Option<Found<S::Pidfd>> {
+    our_s3fs(sys, owner, path).0.into_iter().next()
+}
+
+/// A started s3fs: its PID, its pidfd (taken before anything can reap it, so it is that
+/// process; kept for as long as it runs), and a future that resolves when it exits (and reaps
+/// it).
+pub struct Spawned<P = Pidfd> {
     pub pid: u32,
+    pub pidfd: Option<P>,
     pub exited: Pin<Box<dyn Future<Output = std::io::Result<ExitStatus>> + Send>>,
 }
 
@@ -403,13 +575,16 @@ pub trait Sys: Send + Sync + 'static {
     /// True when `path` is a FUSE mount whose root answers statvfs and can be listed.
     fn fuse_ready(&self, path: &Path) -> bool;
     /// Start the (already configured) s3fs command.
-    fn spawn(&self, cmd: Command) -> std::io::Result<Spawned>;
-    /// See [`processes_with_arg`].
-    fn processes_with_arg<T>(
-        &self,
-        program: &str,
-        pick: &dyn Fn(&Path) -> Option<T>,
-    ) -> Vec<(u32, T)>;
+    fn spawn(&self, cmd: Command) -> std::io::Result<Spawned<Self::Pidfd>>;
+    /// Live processes, whatever their argv[0], with an argument `pick` accepts: candidates
+    /// only, to be proven with [`prove`].
+    fn processes_with_arg<T>(&self, pick: &dyn Fn(&Path) -> Option<T>) -> Vec<(u32, T)>;
+    /// See [`proc_info`].
+    fn process_info(&self, pid: u32) -> Option<ProcInfo>;
+    /// See [`program_file`].
+    fn program_file(&self, program: &str) -> Option<(FileId, PathBuf)>;
+    /// The daemon's effective uid: the uid its s3fs processes run as.
+    fn uid(&self) -> u32;
     /// See [`is_alive`].
     fn pid_alive(&self, pid: u32) -> bool;
     /// Signal by bare PID (only where no pidfd could be had).
@@ -460,18 +635,30 @@ impl Sys for Linux {
 
     fn spawn(&self, mut cmd: Command) -> std::io::Result<Spawned> {
         let mut child = cmd.spawn()?;
+        let pid = child.id().unwrap_or(0);
+        // Nothing reaps the child before `wait` below is polled: the PID is still ours.
+        let pidfd = Pidfd::open(pid).ok();
         Ok(Spawned {
-            pid: child.id().unwrap_or(0),
+            pid,
+            pidfd,
             exited: Box::pin(async move { child.wait().await }),
         })
     }
 
-    fn processes_with_arg<T>(
-        &self,
-        program: &str,
-        pick: &dyn Fn(&Path) -> Option<T>,
-    ) -> Vec<(u32, T)> {
-        processes_with_arg(program, pick)
+    fn processes_with_arg<T>(&self, pick: &dyn Fn(&Path) -> Option<T>) -> Vec<(u32, T)> {
+        scan_args(None, pick)
+    }
+
+    fn process_info(&self, pid: u32) -> Option<ProcInfo> {
+        proc_info(pid)
+    }
+
+    fn program_file(&self, program: &str) -> Option<(FileId, PathBuf)> {
+        program_file(program)
+    }
+
+    fn uid(&self) -> u32 {
+        nix::unistd::geteuid().as_raw()
     }
 
     fn pid_alive(&self, pid: u32) -> bool {

@@ -84,7 +84,22 @@ pub struct MountEntry {
     pub mount_point: PathBuf,
     pub fs_type: String,
     pub source: String,
+    /// This mount's own flags (`ro`/`rw`, `nosuid`, `nodev`, ...), which a bind remount sets.
     pub options: String,
+    /// The file system's (superblock's) options: `ro` here holds for every bind of it.
+    pub super_options: String,
+}
+
+impl MountEntry {
+    /// True when the per-mount flags include `flag`.
+    pub fn has(&self, flag: &str) -> bool {
+        self.options.split(',').any(|o| o == flag)
+    }
+
+    /// True when the superblock's options include `opt`.
+    pub fn super_has(&self, opt: &str) -> bool {
+        self.super_options.split(',').any(|o| o == opt)
+    }
 }
 
 fn unescape_mountinfo(s: &str) -> String {
@@ -118,6 +133,7 @@ pub fn mountinfo() -> Vec<MountEntry> {
                 options: f.get(5)?.to_string(),
                 fs_type: f.get(sep + 1)?.to_string(),
                 source: unescape_mountinfo(f.get(sep + 2)?),
+                super_options: f.get(sep + 3).unwrap_or(&"").to_string(),
             })
         })
         .collect()

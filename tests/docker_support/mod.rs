@@ -22,6 +22,7 @@ use serde_json::Value;
 
 use crate::support::{self, say};
 
+pub mod engine;
 pub mod registry;
 
 /// The plugin name the scenarios use (`volume-driver=bai-s3`).
@@ -339,6 +340,31 @@ fn ensure_image() -> Result<(), String> {
     if have.status.success() && stdout_of(&have).trim() == IMAGE_LAYOUT {
         return Ok(());
     }
+    import_image("docker")?;
+    say(&format!("e2e: imported {IMAGE}"));
+    Ok(())
+}
+
+/// Imports the busybox root as [`IMAGE`] with `CLI import` (`CLI` is a shell word list such as
+/// `docker`, `podman` or `docker -H unix:///run/docker26.sock`; every engine takes the same
+/// `import -c` arguments).
+pub fn import_image(cli: &str) -> Result<(), String> {
+    let dir = busybox_root()?;
+    let o = run_with_timeout(
+        Command::new("sh").arg("-c").arg(format!(
+            "tar -C '{}' -c . | {cli} import -c 'CMD [\"sh\"]' -c 'LABEL bai-s3-test-image-layout={IMAGE_LAYOUT}' - {IMAGE}",
+            dir.path().display()
+        )),
+        Duration::from_secs(120),
+    );
+    if !o.status.success() {
+        return Err(format!("{cli} import of {IMAGE}: {}", text(&o.stderr)));
+    }
+    Ok(())
+}
+
+/// The image's root in a new temporary folder: Debian's static busybox and its applet links.
+fn busybox_root() -> Result<tempfile::TempDir, String> {
     let dir = tempfile::Builder::new()
         .prefix("bai-s3-e2e-image-")
         .tempdir()
@@ -378,18 +404,7 @@ fn ensure_image() -> Result<(), String> {
             return Err(format!("busybox --install made no /bin/{applet}"));
         }
     }
-    let o = run_with_timeout(
-        Command::new("sh").arg("-c").arg(format!(
-            "tar -C '{}' -c . | docker import -c 'CMD [\"sh\"]' -c 'LABEL bai-s3-test-image-layout={IMAGE_LAYOUT}' - {IMAGE}",
-            root.display()
-        )),
-        Duration::from_secs(120),
-    );
-    if !o.status.success() {
-        return Err(format!("docker import of {IMAGE}: {}", text(&o.stderr)));
-    }
-    say(&format!("e2e: imported {IMAGE}"));
-    Ok(())
+    Ok(dir)
 }
 
 fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {

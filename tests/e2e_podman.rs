@@ -1,0 +1,248 @@
+//! End to end under Podman 4.3 (Debian 12), which speaks the volume plugin protocol with a
+//! client of its own: bai-s3 as a legacy install on the host (a `bai-s3 serve` per test), named
+//! in the containers.conf the test support writes; the scenarios of
+//! `tests/docker_support/engine.rs`, which every engine passes, and Podman's own timing: a cold
+//! Mount must answer well inside Podman's 5 s `volume_plugin_timeout`.
+//!
+//! Prerequisites: root, podman and runc (scripts/deps.sh podman), busybox-static, s3fs,
+//! SeaweedFS in .venv. Missing ones: SKIP, or a failure under CI=true. The tests take the lock
+//! of the Docker tests' support (one engine set-up per binary).
+mod docker_support;
+mod support;
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use docker_support::engine::{self, Case, Engine};
+use serde_json::json;
+use support::say;
+
+static PODMAN: OnceLock<Result<Engine, String>> = OnceLock::new();
+
+fn case(test: &str) -> Option<Case> {
+    Case::start(
+        test,
+        &engine::podman_missing(),
+        &PODMAN,
+        engine::podman,
+        engine::podman_daemon,
+    )
+}
+
+#[test]
+#[cfg_attr(
+    not(bai_s3_podman),
+    ignore = "needs podman, runc, s3fs, SeaweedFS, root"
+)]
+fn podman_create_ls_inspect() {
+    let Some(c) = case("podman_create_ls_inspect") else {
+        return;
+    };
+    engine::create_ls_inspect(&c);
+}
+
+#[test]
+#[cfg_attr(
+    not(bai_s3_podman),
+    ignore = "needs podman, runc, s3fs, SeaweedFS, root"
+)]
+fn podman_container_write_lands_in_bucket() {
+    let Some(c) = case("podman_container_write_lands_in_bucket") else {
+        return;
+    };
+    engine::container_write_lands_in_bucket(&c);
+}
+
+#[test]
+#[cfg_attr(
+    not(bai_s3_podman),
+    ignore = "needs podman, runc, s3fs, SeaweedFS, root"
+)]
+fn podman_two_containers_share_one_s3fs() {
+    let Some(c) = case("podman_two_containers_share_one_s3fs") else {
+        return;
+    };
+    engine::two_containers_share_one_s3fs(&c);
+}
+
+#[test]
+#[cfg_attr(
+    not(bai_s3_podman),
+    ignore = "needs podman, runc, s3fs, SeaweedFS, root"
+)]
+fn podman_read_only_refuses_writes() {
+    let Some(c) = case("podman_read_only_refuses_writes") else {
+        return;
+    };
+    engine::read_only_refuses_writes(&c);
+}
+
+#[test]
+#[cfg_attr(
+    not(bai_s3_podman),
+    ignore = "needs podman, runc, s3fs, SeaweedFS, root"
+)]
+fn podman_refused_create_leaves_nothing() {
+    let Some(c) = case("podman_refused_create_leaves_nothing") else {
+        return;
+    };
+    engine::refused_create_leaves_nothing(&c);
+}
+
+#[test]
+#[cfg_attr(
+    not(bai_s3_podman),
+    ignore = "needs podman, runc, s3fs, SeaweedFS, root"
+)]
+fn podman_refused_mount_never_starts() {
+    let Some(c) = case("podman_refused_mount_never_starts") else {
+        return;
+    };
+    engine::refused_mount_never_starts(&c);
+}
+
+#[test]
+#[cfg_attr(
+    not(bai_s3_podman),
+    ignore = "needs podman, runc, s3fs, SeaweedFS, root"
+)]
+fn podman_volume_rm_keeps_objects() {
+    let Some(c) = case("podman_volume_rm_keeps_objects") else {
+        return;
+    };
+    engine::volume_rm_keeps_objects(&c);
+}
+
+#[test]
+#[cfg_attr(
+    not(bai_s3_podman),
+    ignore = "needs podman, runc, s3fs, SeaweedFS, root"
+)]
+fn podman_daemon_restart_under_running_container() {
+    let Some(mut c) = case("podman_daemon_restart_under_running_container") else {
+        return;
+    };
+    engine::daemon_restart_under_running_container(&mut c);
+}
+
+/// Podman gives a Mount 5 s (`volume_plugin_timeout`), where dockerd gives 2 min. A cold Mount
+/// (no s3fs yet for the bucket) on a healthy store answers well inside it: measured on the
+/// daemon's socket with Podman's own constant ID, and through `podman run`.
+#[test]
+#[cfg_attr(
+    not(bai_s3_podman),
+    ignore = "needs podman, runc, s3fs, SeaweedFS, root"
+)]
+fn podman_cold_mount_well_inside_the_plugin_timeout() {
+    let Some(c) = case("podman_cold_mount_well_inside_the_plugin_timeout") else {
+        return;
+    };
+    // What Podman sends as the ID of every Mount (libpod/volume_internal_linux.go).
+    const PODMAN_ID: &str = "2f73349cfc4630255319c6c8dfc1b46a8996ace9d14d8e07563b165915918ec2";
+    let mut cold = Vec::new();
+    for i in 0..3 {
+        let bucket = c.bucket(&format!("cold{i}"));
+        for k in 0..50 {
+            c.s3().put(&bucket, &format!("d/f{k}"), b"x").unwrap();
+        }
+        let vol = c.volume_name(&format!("cold{i}"));
+        c.create_volume(&vol, &[&format!("bucket={bucket}")]);
+        let t0 = Instant::now();
+        support::mount_ok(&c.daemon, &vol, PODMAN_ID);
+        cold.push(t0.elapsed());
+        support::unmount_ok(&c.daemon, &vol, PODMAN_ID);
+        c.wait_unmounted();
+    }
+    // And through Podman: a container's start on a cold volume.
+    let bucket = c.bucket("cold-run");
+    let vol = c.volume_name("cold-run");
+    c.create_volume(&vol, &[&format!("bucket={bucket}")]);
+    let t0 = Instant::now();
+    assert_eq!(c.sh(&vol, "echo ok"), "ok\n");
+    let run = t0.elapsed();
+    c.wait_unmounted();
+    let worst = cold.iter().max().copied().unwrap();
+    say(&format!(
+        "cold Mount on the daemon's socket: {:?} ms; `podman run --rm` on a cold volume: {} ms (Podman's timeout: 5000 ms)",
+        cold.iter().map(|d| d.as_millis()).collect::<Vec<_>>(),
+        run.as_millis()
+    ));
+    assert!(
+        worst < Duration::from_millis(2500),
+        "a cold Mount took {worst:?}: not well inside Podman's 5 s"
+    );
+    let st = c.status(&vol);
+    assert_eq!(st["holders"], json!(0), "{st}");
+}
+
+/// On a store too slow for a Mount, bai-s3's refusal reaches `podman start` and says so, within
+/// Podman's 5 s: the daemon's `--mount-timeout` (3 s here) must be below Podman's
+/// `volume_plugin_timeout`, or Podman gives up first with a timeout of its own (README: when to
+/// raise it). Nothing is left mounted and the container never runs.
+#[test]
+#[cfg_attr(
+    not(bai_s3_podman),
+    ignore = "needs podman, runc, s3fs, SeaweedFS, root"
+)]
+fn podman_slow_store_refusal_says_so_within_the_plugin_timeout() {
+    let test = "podman_slow_store_refusal_says_so_within_the_plugin_timeout";
+    let s3 = support::shared_s3();
+    let upstream = s3.endpoint.trim_start_matches("http://").to_string();
+    let proxy = support::stall::StallProxy::start(&upstream, "stallhere");
+    let mut backend = s3.backend("default");
+    backend.endpoint = proxy.endpoint.clone();
+    let Some(c) = Case::start(
+        test,
+        &engine::podman_missing(),
+        &PODMAN,
+        engine::podman,
+        |s3| engine::podman_daemon_with(s3, &[backend], &["--mount-timeout", "3"]),
+    ) else {
+        return;
+    };
+    let bucket = c.bucket("slow");
+    c.s3().put(&bucket, "stallhere/deep/x", b"x").unwrap();
+    let vol = c.volume_name("slow");
+    c.create_volume(
+        &vol,
+        &[&format!("bucket={bucket}"), "prefix=stallhere/deep"],
+    );
+
+    proxy.stall(true);
+    let name = docker_support::e2e_name("slow");
+    let v = format!("{vol}:/data");
+    let o = c.run_verb(
+        "create",
+        &["--name", &name, "-v", &v, docker_support::IMAGE, "true"],
+    );
+    assert!(o.status.success(), "{}", c.engine.describe(&["create"], &o));
+    let t0 = Instant::now();
+    let o = c.engine.fails(&["start", &name]);
+    let took = t0.elapsed();
+    let err = docker_support::stderr_of(&o);
+    say(&format!(
+        "podman start on a stalled store, after {} ms: {}",
+        took.as_millis(),
+        err.trim()
+    ));
+    assert!(
+        err.contains("within 3 s") && err.contains("--mount-timeout"),
+        "the start failed, but not with bai-s3's word on the slow store: {err}"
+    );
+    assert!(took < Duration::from_secs(5), "podman start took {took:?}");
+    let started = c
+        .engine
+        .ok(&["inspect", "-f", "{{.State.StartedAt}}", &name]);
+    assert!(
+        started.contains("0001-01-01"),
+        "the container started: {started}"
+    );
+    support::wait_nothing_mounted(
+        &c.daemon,
+        "after the refused Mount",
+        Duration::from_secs(15),
+    );
+    proxy.stall(false);
+    assert_eq!(c.sh(&vol, "cat /data/x"), "x");
+    c.wait_unmounted();
+}

@@ -40,6 +40,11 @@ pub struct Engine {
     /// Podman counts a volume's containers itself and sends one constant Mount ID: bai-s3 sees
     /// one holder however many containers use the volume. dockerd sends one ID per mount.
     pub counts_holders_itself: bool,
+    /// Run `exec` by nsenter into the container's mount namespace and root: dockerd in a chroot
+    /// needs `DOCKER_RAMDISK` (runc chroots into the container's root instead of pivot_root),
+    /// and then `docker exec` joins the mount namespace but not that chroot: it runs in the
+    /// engine's own root, where /data is no mount at all.
+    exec_by_nsenter: bool,
 }
 
 impl Engine {
@@ -244,7 +249,22 @@ impl Case {
 
     /// `exec NAME sh -c SCRIPT`, which must succeed; returns stdout.
     pub fn exec(&self, name: &str, script: &str) -> String {
-        self.engine.ok(&["exec", name, "sh", "-c", script])
+        if !self.engine.exec_by_nsenter {
+            return self.engine.ok(&["exec", name, "sh", "-c", script]);
+        }
+        let pid = self.engine.ok(&["inspect", "-f", "{{.State.Pid}}", name]);
+        let pid = pid.trim();
+        let args = ["-t", pid, "-m", "-r", "-w", "--", "sh", "-c", script];
+        let o = run_with_timeout(Command::new("nsenter").args(args), TIMEOUT);
+        assert!(
+            o.status.success(),
+            "`nsenter {}` into {name}: {}\n{}{}",
+            args.join(" "),
+            o.status,
+            text(&o.stdout),
+            text(&o.stderr)
+        );
+        text(&o.stdout)
     }
 
     /// The daemon's `Status` of a volume (Get over its socket, as the engine asks).
@@ -380,6 +400,9 @@ pub fn two_containers_share_one_s3fs(c: &Case) {
 
     let a = c.start_sleeper("share-a", &vol);
     let b = c.start_sleeper("share-b", &vol);
+    for x in [&a, &b] {
+        assert_eq!(c.exec(x, "cat /data/seed.txt"), "seed\n", "in {x}");
+    }
     let pids = c.s3fs_for_bucket(&bucket);
     assert_eq!(pids.len(), 1, "expected one s3fs for {bucket}: {pids:?}");
     let st = c.status(&vol);
@@ -719,6 +742,7 @@ pub fn podman() -> Result<Engine, String> {
         run_args: vec!["--network".into(), "none".into()],
         driver: "bai-s3".into(),
         counts_holders_itself: true,
+        exec_by_nsenter: false,
     };
     // An earlier run's containers and volumes (this storage is the tests' alone).
     let _ = engine.cli(&["rm", "-af"]);
@@ -757,6 +781,282 @@ pub fn podman_daemon_with(
     let tmp = link.with_extension("sock.new");
     let _ = fs::remove_file(&tmp);
     std::os::unix::fs::symlink(&d.socket, &tmp).expect("symlink the daemon's socket");
+    fs::rename(&tmp, &link).expect("rename the socket link");
+    d
+}
+
+// ---------------------------------------------------------------------------------------------
+// Docker Engine 26 (Debian 13's docker.io) in a Debian 13 root
+// ---------------------------------------------------------------------------------------------
+
+/// The Debian 13 root scripts/trixie-root.sh makes and keeps.
+pub fn trixie_root() -> PathBuf {
+    std::env::var_os("BAI_S3_TRIXIE_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/bai-s3-test/trixie"))
+}
+
+/// dockerd 26's API socket, inside the root (`-H unix:///run/docker26.sock`).
+const D26_SOCK: &str = "run/docker26.sock";
+const D26_PID: &str = "run/docker26.pid";
+const D26_DATA: &str = "var/lib/docker26";
+const D26_LOG: &str = "var/log/docker26.log";
+
+/// What the Docker Engine 26 tests need (empty when nothing).
+pub fn docker26_missing() -> Vec<String> {
+    let mut missing = Vec::new();
+    if !nix::unistd::geteuid().is_root() {
+        missing.push("not running as root".to_string());
+    }
+    for tool in [
+        "docker",
+        "debootstrap",
+        "chroot",
+        "mount",
+        "umount",
+        "unshare",
+        "tar",
+    ] {
+        if !support::on_path(tool) {
+            missing.push(format!("'{tool}' is not on PATH (scripts/deps.sh docker)"));
+        }
+    }
+    if !Path::new("/bin/busybox").is_file() {
+        missing.push("busybox-static is not installed (scripts/deps.sh docker)".to_string());
+    }
+    if !support::weed_bin().is_file() {
+        missing.push(format!(
+            "{} is missing (scripts/deps.sh)",
+            support::weed_bin().display()
+        ));
+    }
+    if !Path::new("/dev/fuse").exists() {
+        missing.push("/dev/fuse is missing".to_string());
+    }
+    missing
+}
+
+fn sh(what: &str, cmd: &mut Command, timeout: Duration) -> Result<String, String> {
+    let o = run_with_timeout(cmd, timeout);
+    if !o.status.success() {
+        return Err(format!(
+            "{what}: {}\n{}{}",
+            o.status,
+            text(&o.stdout),
+            text(&o.stderr)
+        ));
+    }
+    Ok(text(&o.stdout))
+}
+
+/// The pid of the dockerd 26 an earlier run started, proven by the kernel: the pid file in the
+/// root names it and its exe is the root's dockerd.
+fn docker26_pid(root: &Path) -> Option<i32> {
+    let pid: i32 = fs::read_to_string(root.join(D26_PID))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let exe = fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    (exe == root.join("usr/sbin/dockerd") && support::process_alive(pid)).then_some(pid)
+}
+
+fn stop_docker26(root: &Path) {
+    if let Some(pid) = docker26_pid(root) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = support::poll(Duration::from_secs(60), || {
+            (!support::process_alive(pid)).then_some(())
+        });
+    }
+}
+
+/// Unmounts everything at or below `dir`, deepest first.
+fn unmount_below(dir: &Path) {
+    let mut m = support::mounts_under(dir);
+    m.sort_by_key(|m| std::cmp::Reverse(m.mount_point.as_os_str().len()));
+    for e in m {
+        let _ = nix::mount::umount2(&e.mount_point, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+static D26_ROOT: OnceLock<PathBuf> = OnceLock::new();
+
+extern "C" fn docker26_teardown() {
+    let _ = std::panic::catch_unwind(|| {
+        if let Some(root) = D26_ROOT.get() {
+            stop_docker26(root);
+            unmount_below(root);
+            say("docker26: dockerd stopped, the root's mounts undone");
+        }
+    });
+}
+
+/// Docker Engine 26 from the Debian 13 root (made by scripts/trixie-root.sh when missing):
+/// the root bound on itself (dockerd's archive code needs `/` to be a mount point), /proc, /sys
+/// and /dev in it, and `DOCKER_RAMDISK=true chroot ROOT dockerd ...` in a network namespace of
+/// its own (it never touches the host dockerd's docker0; its containers run with
+/// `--network none`), with a fresh data root each run. The host's docker CLI drives it. Stopped,
+/// and the mounts undone, when the test process exits.
+pub fn docker26() -> Result<Engine, String> {
+    let t0 = Instant::now();
+    let out = sh(
+        "scripts/trixie-root.sh",
+        Command::new(support::repo().join("scripts/trixie-root.sh"))
+            .env("BAI_S3_TRIXIE_ROOT", trixie_root()),
+        Duration::from_secs(1800),
+    )?;
+    let root = PathBuf::from(out.lines().last().unwrap_or_default().trim());
+    if !root.join("usr/sbin/dockerd").is_file() {
+        return Err(format!(
+            "scripts/trixie-root.sh made no dockerd in {}",
+            root.display()
+        ));
+    }
+    let root = root
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", root.display()))?;
+    // An earlier run killed in the middle: its dockerd and mounts.
+    stop_docker26(&root);
+    unmount_below(&root);
+    let data = root.join(D26_DATA);
+    if data.exists() {
+        fs::remove_dir_all(&data).map_err(|e| format!("rm -r {}: {e}", data.display()))?;
+    }
+    fs::create_dir_all(&data).map_err(|e| format!("mkdir {}: {e}", data.display()))?;
+    fs::create_dir_all(root.join("run/docker/plugins")).map_err(|e| e.to_string())?;
+    let r = root.to_str().ok_or("root path is not UTF-8")?;
+    for (what, args) in [
+        ("bind the root on itself", vec!["--rbind", r, r]),
+        (
+            "mount /proc",
+            vec!["-t", "proc", "proc", &format!("{r}/proc")],
+        ),
+        ("bind /sys", vec!["--rbind", "/sys", &format!("{r}/sys")]),
+        ("bind /dev", vec!["--rbind", "/dev", &format!("{r}/dev")]),
+    ] {
+        sh(
+            what,
+            Command::new("mount").args(&args),
+            Duration::from_secs(30),
+        )?;
+    }
+    let _ = D26_ROOT.set(root.clone());
+    // SAFETY: registering a plain extern "C" function that catches its own panics.
+    unsafe {
+        super::atexit(docker26_teardown);
+    }
+    let log = fs::File::create(root.join(D26_LOG)).map_err(|e| e.to_string())?;
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--net", "chroot", r, "dockerd"])
+        .args([
+            "--data-root",
+            "/var/lib/docker26",
+            "--exec-root",
+            "/run/docker26",
+        ])
+        .args([
+            "-H",
+            "unix:///run/docker26.sock",
+            "--pidfile",
+            "/run/docker26.pid",
+        ])
+        .args(["--iptables=false", "--ip6tables=false", "--bridge=none"])
+        .env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .env("DOCKER_RAMDISK", "true")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log);
+    // SAFETY: between fork and exec only async-signal-safe calls: setsid and close. The new
+    // session keeps dockerd out of the test's signals; the closed descriptors keep it from
+    // holding what the test process inherited (a flock of the Docker tests' lock file above
+    // all, which a long-lived dockerd would hold forever).
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            nix::libc::setsid();
+            for fd in 3..1024 {
+                nix::libc::close(fd);
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| format!("start dockerd 26: {e}"))?;
+    let sock = format!("unix://{}", root.join(D26_SOCK).display());
+    let answers = || {
+        Command::new("timeout")
+            .args(["5", "docker", "-H", &sock, "version"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    let up = support::poll(Duration::from_secs(90), || {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(Err(format!("dockerd exited: {st}")));
+        }
+        answers().then_some(Ok(()))
+    });
+    // Reaped by the test process when it exits (dockerd is stopped by then).
+    std::mem::forget(child);
+    match up {
+        Some(Ok(())) => {}
+        other => {
+            let log = fs::read_to_string(root.join(D26_LOG)).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            return Err(format!(
+                "dockerd 26 did not answer on {sock} ({other:?}); its log:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            ));
+        }
+    }
+    let version = sh(
+        "docker version",
+        Command::new("docker").args(["-H", &sock, "version", "-f", "{{.Server.Version}}"]),
+        Duration::from_secs(30),
+    )?;
+    let engine = Engine {
+        what: format!("Docker Engine {} (Debian 13 root)", version.trim()),
+        program: "docker".into(),
+        pre_args: vec!["-H".into(), sock],
+        envs: Vec::new(),
+        run_args: vec!["--network".into(), "none".into()],
+        driver: "bai-s3".into(),
+        counts_holders_itself: false,
+        exec_by_nsenter: true,
+    };
+    super::import_image(&engine.shell_words())?;
+    say(&format!(
+        "docker26: {} answering, {IMAGE} imported, in {:.1} s",
+        engine.what,
+        t0.elapsed().as_secs_f64()
+    ));
+    Ok(engine)
+}
+
+/// This test's daemon for dockerd 26: `bai-s3 serve` run chrooted in the Debian 13 root (its
+/// s3fs 1.95), found by dockerd as a legacy plugin at /run/docker/plugins/bai-s3.sock inside
+/// the root (a symlink to the daemon's own socket).
+pub fn docker26_daemon(s3: &'static S3Server) -> Daemon {
+    docker26_daemon_with(s3, &[s3.backend("default")], &[])
+}
+
+pub fn docker26_daemon_with(
+    _s3: &'static S3Server,
+    backends: &[support::Backend],
+    extra: &[&str],
+) -> Daemon {
+    let root = D26_ROOT.get().expect("dockerd 26 is set up first");
+    let d = Daemon::start_in_root(root, backends, extra);
+    let link = root.join("run/docker/plugins/bai-s3.sock");
+    let tmp = link.with_extension("sock.new");
+    let _ = fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(d.inside(&d.socket), &tmp).expect("symlink the daemon's socket");
     fs::rename(&tmp, &link).expect("rename the socket link");
     d
 }

@@ -88,6 +88,10 @@ pub struct Daemon {
     /// When true (the default), Drop fails the test if s3fs processes or mounts of this daemon
     /// are still there when the test ends (every test is expected to unmount what it mounted).
     pub expect_clean_end: bool,
+    /// A root the daemon runs chrooted in (another distribution's, with its own s3fs, for an
+    /// engine that runs there too); the paths above are the host's, its argv has them as seen
+    /// inside.
+    pub(super) chroot: Option<PathBuf>,
 }
 
 impl Daemon {
@@ -97,10 +101,30 @@ impl Daemon {
     }
 
     pub fn start_with(backends: &[Backend], extra_args: &[&str]) -> Daemon {
-        let tmp = tempfile::Builder::new()
-            .prefix("bai-s3-test-")
-            .tempdir()
-            .expect("tempdir");
+        Daemon::start_rooted(None, backends, extra_args)
+    }
+
+    /// A daemon run by `chroot ROOT` (the test binary's bai-s3 copied to ROOT/usr/local/bin),
+    /// its folder in ROOT/tmp: its s3fs is the root's, and the Mountpoints it answers are paths
+    /// inside ROOT, as an engine running there needs them.
+    pub fn start_in_root(root: &Path, backends: &[Backend], extra_args: &[&str]) -> Daemon {
+        Daemon::start_rooted(Some(root), backends, extra_args)
+    }
+
+    fn start_rooted(root: Option<&Path>, backends: &[Backend], extra_args: &[&str]) -> Daemon {
+        let mut b = tempfile::Builder::new();
+        b.prefix("bai-s3-test-");
+        let tmp = match root {
+            Some(r) => {
+                let bin = r.join("usr/local/bin/bai-s3");
+                let _ = fs::remove_file(&bin);
+                fs::copy(daemon_bin(), &bin)
+                    .unwrap_or_else(|e| panic!("copy the daemon into {}: {e}", r.display()));
+                b.tempdir_in(r.join("tmp"))
+            }
+            None => b.tempdir(),
+        }
+        .expect("tempdir");
         let dir = tmp.path().canonicalize().unwrap();
         let d = Daemon {
             socket: dir.join("bai-s3.sock"),
@@ -113,6 +137,7 @@ impl Daemon {
             child: None,
             tmp: Some(tmp),
             expect_clean_end: true,
+            chroot: root.map(Path::to_path_buf),
         };
         // Root-only, as the daemon requires of them at start (it refuses open ones).
         for dir in [&d.state_dir, &d.mount_root] {
@@ -151,11 +176,24 @@ impl Daemon {
             .unwrap();
         let _ = writeln!(&logf, "===== test harness: starting bai-s3 serve =====");
         let mut cmd = serve_command(
-            &self.socket,
-            &self.state_dir,
-            &self.mount_root,
-            &self.config,
+            &self.inside(&self.socket),
+            &self.inside(&self.state_dir),
+            &self.inside(&self.mount_root),
+            &self.inside(&self.config),
         );
+        if let Some(root) = &self.chroot {
+            let inner = cmd;
+            cmd = Command::new("chroot");
+            cmd.arg(root)
+                .arg("/usr/local/bin/bai-s3")
+                .args(inner.get_args());
+            for (k, v) in inner.get_envs() {
+                match v {
+                    Some(v) => cmd.env(k, v),
+                    None => cmd.env_remove(k),
+                };
+            }
+        }
         cmd.arg("--mount-timeout")
             .arg("20")
             .arg("--unmount-delay")
@@ -281,9 +319,17 @@ impl Daemon {
         self.mount_root.join(volume)
     }
 
+    /// `path` (one of this daemon's) as the daemon sees it: inside its chroot, if any.
+    pub fn inside(&self, path: &Path) -> PathBuf {
+        match &self.chroot {
+            Some(root) => Path::new("/").join(path.strip_prefix(root).unwrap_or(path)),
+            None => path.to_path_buf(),
+        }
+    }
+
     /// Live s3fs processes whose command line mentions this daemon's mount root.
     pub fn s3fs_pids(&self) -> Vec<i32> {
-        s3fs_pids_mentioning(&self.mount_root)
+        s3fs_pids_mentioning(&self.inside(&self.mount_root))
     }
 
     /// Mounts below this daemon's mount root (the volumes' mounts; the root itself is left out,
@@ -302,7 +348,7 @@ impl Daemon {
 
     /// Live s3fs processes mentioning anything in this daemon's temporary directory.
     pub(super) fn all_s3fs_pids(&self) -> Vec<i32> {
-        s3fs_pids_mentioning(&self.dir)
+        s3fs_pids_mentioning(&self.inside(&self.dir))
     }
 
     // --- the protocol, as dockerd speaks it ---

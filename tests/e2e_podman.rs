@@ -246,3 +246,100 @@ fn podman_slow_store_refusal_says_so_within_the_plugin_timeout() {
     assert_eq!(c.sh(&vol, "cat /data/x"), "x");
     c.wait_unmounted();
 }
+
+/// With a `--mount-timeout` above Podman's 5 s (bai-s3's default is 20 s), a stalled store makes
+/// Podman give up first with a timeout of its own, without bai-s3's word: that is when to raise
+/// `volume_plugin_timeout` (README). bai-s3's refusal still lands where an operator looks
+/// (`last-error` in the volume's Status), nothing is left mounted or counted, and once the store
+/// answers the same container starts and its stop unmounts.
+#[test]
+#[cfg_attr(
+    not(bai_s3_podman),
+    ignore = "needs podman, runc, s3fs, SeaweedFS, root"
+)]
+fn podman_gives_up_before_a_longer_mount_timeout() {
+    let test = "podman_gives_up_before_a_longer_mount_timeout";
+    let s3 = support::shared_s3();
+    let upstream = s3.endpoint.trim_start_matches("http://").to_string();
+    let proxy = support::stall::StallProxy::start(&upstream, "stallhere");
+    let mut backend = s3.backend("default");
+    backend.endpoint = proxy.endpoint.clone();
+    let Some(c) = Case::start(
+        test,
+        &engine::podman_missing(),
+        &PODMAN,
+        engine::podman,
+        |s3| engine::podman_daemon_with(s3, &[backend], &["--mount-timeout", "8"]),
+    ) else {
+        return;
+    };
+    let bucket = c.bucket("late");
+    c.s3().put(&bucket, "stallhere/deep/x", b"x").unwrap();
+    let vol = c.volume_name("late");
+    c.create_volume(
+        &vol,
+        &[&format!("bucket={bucket}"), "prefix=stallhere/deep"],
+    );
+
+    proxy.stall(true);
+    let name = docker_support::e2e_name("late");
+    let v = format!("{vol}:/data");
+    let o = c.run_verb(
+        "create",
+        &[
+            "--name",
+            &name,
+            "-v",
+            &v,
+            docker_support::IMAGE,
+            "sleep",
+            "600",
+        ],
+    );
+    assert!(o.status.success(), "{}", c.engine.describe(&["create"], &o));
+    let t0 = Instant::now();
+    let o = c.engine.fails(&["start", &name]);
+    let took = t0.elapsed();
+    let err = docker_support::stderr_of(&o);
+    say(&format!(
+        "podman start, --mount-timeout 8 on a stalled store, after {} ms: {}",
+        took.as_millis(),
+        err.trim()
+    ));
+    assert!(
+        err.contains("Client.Timeout exceeded"),
+        "Podman did not give up on its own timeout: {err}"
+    );
+    assert!(
+        took >= Duration::from_millis(4500) && took < Duration::from_secs(8),
+        "podman start took {took:?}"
+    );
+    // bai-s3 gives up at its own deadline and says why in the Status.
+    let st = support::wait_for(
+        "bai-s3's refusal in the volume's Status",
+        Duration::from_secs(20),
+        || {
+            let st = c.status(&vol);
+            st["last-error"]
+                .as_str()
+                .is_some_and(|e| e.contains("--mount-timeout"))
+                .then_some(st)
+        },
+    );
+    assert_eq!(st["holders"], json!(0), "{st}");
+    support::wait_nothing_mounted(
+        &c.daemon,
+        "after the given-up Mount",
+        Duration::from_secs(15),
+    );
+    let raw = c.engine.ok(&["volume", "inspect", &vol]);
+    assert!(raw.contains("last-error"), "podman volume inspect: {raw}");
+
+    proxy.stall(false);
+    c.engine.ok(&["start", &name]);
+    assert_eq!(c.exec(&name, "cat /data/x"), "x");
+    assert_eq!(c.status(&vol)["holders"], json!(1));
+    c.engine.ok(&["stop", "-t", "1", &name]);
+    c.wait_unmounted();
+    assert_eq!(c.status(&vol)["holders"], json!(0));
+}

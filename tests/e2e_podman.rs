@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use docker_support::engine::{self, Case, Engine};
 use serde_json::json;
 use support::say;
+use support::stall::StallProxy;
 
 static PODMAN: OnceLock<Result<Engine, String>> = OnceLock::new();
 
@@ -175,6 +176,35 @@ fn podman_cold_mount_well_inside_the_plugin_timeout() {
     assert_eq!(st["holders"], json!(0), "{st}");
 }
 
+/// A test whose daemon reaches SeaweedFS through a proxy that stalls on demand, with
+/// `--mount-timeout SECS`; a prefix volume whose lookups stall, and a container created on it
+/// (not started). Returns the proxy, the case (dropped before the proxy), the volume and the
+/// container.
+fn stalled_store(test: &str, mount_timeout: &str) -> Option<(StallProxy, Case, String, String)> {
+    let s3 = support::shared_s3();
+    let upstream = s3.endpoint.trim_start_matches("http://").to_string();
+    let proxy = StallProxy::start(&upstream, "stallhere");
+    let mut backend = s3.backend("default");
+    backend.endpoint = proxy.endpoint.clone();
+    let c = Case::start(
+        test,
+        &engine::podman_missing(),
+        &PODMAN,
+        engine::podman,
+        |s3| engine::podman_daemon_with(s3, &[backend], &["--mount-timeout", mount_timeout]),
+    )?;
+    let bucket = c.bucket("slow");
+    c.s3().put(&bucket, "stallhere/deep/x", b"x").unwrap();
+    let vol = c.volume_name("slow");
+    c.create_volume(
+        &vol,
+        &[&format!("bucket={bucket}"), "prefix=stallhere/deep"],
+    );
+    let name = c.create_container("slow", &vol, &["sleep", "600"]);
+    proxy.stall(true);
+    Some((proxy, c, vol, name))
+}
+
 /// On a store too slow for a Mount, bai-s3's refusal reaches `podman start` and says so, within
 /// Podman's 5 s: the daemon's `--mount-timeout` (3 s here) must be below Podman's
 /// `volume_plugin_timeout`, or Podman gives up first with a timeout of its own (README: when to
@@ -185,37 +215,12 @@ fn podman_cold_mount_well_inside_the_plugin_timeout() {
     ignore = "needs podman, runc, s3fs, SeaweedFS, root"
 )]
 fn podman_slow_store_refusal_says_so_within_the_plugin_timeout() {
-    let test = "podman_slow_store_refusal_says_so_within_the_plugin_timeout";
-    let s3 = support::shared_s3();
-    let upstream = s3.endpoint.trim_start_matches("http://").to_string();
-    let proxy = support::stall::StallProxy::start(&upstream, "stallhere");
-    let mut backend = s3.backend("default");
-    backend.endpoint = proxy.endpoint.clone();
-    let Some(c) = Case::start(
-        test,
-        &engine::podman_missing(),
-        &PODMAN,
-        engine::podman,
-        |s3| engine::podman_daemon_with(s3, &[backend], &["--mount-timeout", "3"]),
+    let Some((proxy, c, vol, name)) = stalled_store(
+        "podman_slow_store_refusal_says_so_within_the_plugin_timeout",
+        "3",
     ) else {
         return;
     };
-    let bucket = c.bucket("slow");
-    c.s3().put(&bucket, "stallhere/deep/x", b"x").unwrap();
-    let vol = c.volume_name("slow");
-    c.create_volume(
-        &vol,
-        &[&format!("bucket={bucket}"), "prefix=stallhere/deep"],
-    );
-
-    proxy.stall(true);
-    let name = docker_support::e2e_name("slow");
-    let v = format!("{vol}:/data");
-    let o = c.run_verb(
-        "create",
-        &["--name", &name, "-v", &v, docker_support::IMAGE, "true"],
-    );
-    assert!(o.status.success(), "{}", c.engine.describe(&["create"], &o));
     let t0 = Instant::now();
     let o = c.engine.fails(&["start", &name]);
     let took = t0.elapsed();
@@ -230,13 +235,7 @@ fn podman_slow_store_refusal_says_so_within_the_plugin_timeout() {
         "the start failed, but not with bai-s3's word on the slow store: {err}"
     );
     assert!(took < Duration::from_secs(5), "podman start took {took:?}");
-    let started = c
-        .engine
-        .ok(&["inspect", "-f", "{{.State.StartedAt}}", &name]);
-    assert!(
-        started.contains("0001-01-01"),
-        "the container started: {started}"
-    );
+    c.assert_never_started(&name);
     support::wait_nothing_mounted(
         &c.daemon,
         "after the refused Mount",
@@ -258,45 +257,11 @@ fn podman_slow_store_refusal_says_so_within_the_plugin_timeout() {
     ignore = "needs podman, runc, s3fs, SeaweedFS, root"
 )]
 fn podman_gives_up_before_a_longer_mount_timeout() {
-    let test = "podman_gives_up_before_a_longer_mount_timeout";
-    let s3 = support::shared_s3();
-    let upstream = s3.endpoint.trim_start_matches("http://").to_string();
-    let proxy = support::stall::StallProxy::start(&upstream, "stallhere");
-    let mut backend = s3.backend("default");
-    backend.endpoint = proxy.endpoint.clone();
-    let Some(c) = Case::start(
-        test,
-        &engine::podman_missing(),
-        &PODMAN,
-        engine::podman,
-        |s3| engine::podman_daemon_with(s3, &[backend], &["--mount-timeout", "8"]),
-    ) else {
+    let Some((proxy, c, vol, name)) =
+        stalled_store("podman_gives_up_before_a_longer_mount_timeout", "8")
+    else {
         return;
     };
-    let bucket = c.bucket("late");
-    c.s3().put(&bucket, "stallhere/deep/x", b"x").unwrap();
-    let vol = c.volume_name("late");
-    c.create_volume(
-        &vol,
-        &[&format!("bucket={bucket}"), "prefix=stallhere/deep"],
-    );
-
-    proxy.stall(true);
-    let name = docker_support::e2e_name("late");
-    let v = format!("{vol}:/data");
-    let o = c.run_verb(
-        "create",
-        &[
-            "--name",
-            &name,
-            "-v",
-            &v,
-            docker_support::IMAGE,
-            "sleep",
-            "600",
-        ],
-    );
-    assert!(o.status.success(), "{}", c.engine.describe(&["create"], &o));
     let t0 = Instant::now();
     let o = c.engine.fails(&["start", &name]);
     let took = t0.elapsed();

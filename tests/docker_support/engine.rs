@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::{e2e_name, run_with_timeout, stderr_of, stdout_of, text, IMAGE, LABEL};
+use super::{e2e_name, lines, run_with_timeout, stderr_of, stdout_of, text, IMAGE, LABEL};
 use crate::support::{self, say, Daemon, S3Server};
 
 const TIMEOUT: Duration = Duration::from_secs(180);
@@ -108,14 +108,6 @@ impl Engine {
     }
 }
 
-fn lines(s: &str) -> Vec<String> {
-    s.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect()
-}
-
 // ---------------------------------------------------------------------------------------------
 // One test
 // ---------------------------------------------------------------------------------------------
@@ -180,11 +172,7 @@ impl Case {
 
     /// A new, empty bucket.
     pub fn bucket(&self, tag: &str) -> String {
-        let b = e2e_name(tag);
-        self.s3()
-            .create_bucket(&b)
-            .unwrap_or_else(|e| panic!("create bucket {b}: {e}"));
-        b
+        super::new_bucket(self.s3(), tag)
     }
 
     /// `volume create -d bai-s3 [-o k=v]... NAME`, which must succeed.
@@ -245,6 +233,29 @@ impl Case {
             self.daemon.logs_tail(30)
         );
         name
+    }
+
+    /// `create --name NAME -v VOLUME:/data IMAGE ARGS...`, which must succeed; returns NAME.
+    pub fn create_container(&self, tag: &str, volume: &str, args: &[&str]) -> String {
+        let name = e2e_name(tag);
+        let v = format!("{volume}:/data");
+        let mut a = vec!["--name", name.as_str(), "-v", v.as_str(), IMAGE];
+        a.extend_from_slice(args);
+        let o = self.run_verb("create", &a);
+        assert!(o.status.success(), "{}", self.engine.describe(&a, &o));
+        name
+    }
+
+    /// The container never ran (its start time is the zero time).
+    pub fn assert_never_started(&self, name: &str) {
+        let started = self
+            .engine
+            .ok(&["inspect", "-f", "{{.State.StartedAt}}", name]);
+        assert!(
+            started.contains("0001-01-01"),
+            "{name} started ({}) although its Mount was refused",
+            started.trim()
+        );
     }
 
     /// `exec NAME sh -c SCRIPT`, which must succeed; returns stdout.
@@ -540,22 +551,7 @@ pub fn refused_mount_never_starts(c: &Case) {
         || c.status(&vol)["problem"].is_string().then_some(()),
     );
 
-    let name = e2e_name("never");
-    let v = format!("{vol}:/data");
-    let o = c.run_verb(
-        "create",
-        &[
-            "--name",
-            &name,
-            "-v",
-            &v,
-            IMAGE,
-            "sh",
-            "-c",
-            "echo ran > /data/ran",
-        ],
-    );
-    assert!(o.status.success(), "{}", c.engine.describe(&["create"], &o));
+    let name = c.create_container("never", &vol, &["sh", "-c", "echo ran > /data/ran"]);
     let o = c.engine.fails(&["start", &name]);
     let err = stderr_of(&o);
     say(&format!(
@@ -567,14 +563,7 @@ pub fn refused_mount_never_starts(c: &Case) {
         err.contains("backend \"leaving\" is not configured"),
         "the start failed, but without bai-s3's message: {err}"
     );
-    let started = c
-        .engine
-        .ok(&["inspect", "-f", "{{.State.StartedAt}}", &name]);
-    assert!(
-        started.contains("0001-01-01"),
-        "the container started ({}) although its Mount was refused",
-        started.trim()
-    );
+    c.assert_never_started(&name);
     assert_eq!(c.object(&bucket, "ran"), None, "the container ran");
     assert!(c.daemon.mounts().is_empty() && c.s3fs_for_bucket(&bucket).is_empty());
     let st = c.status(&vol);
@@ -655,19 +644,22 @@ const PODMAN_GRAPHROOT: &str = "/var/cache/bai-s3-test/podman";
 /// Podman's run-time state (on /run: gone at reboot, as Podman expects).
 const PODMAN_RUNROOT: &str = "/run/bai-s3-test-podman";
 
-/// What the Podman tests need (empty when nothing).
-pub fn podman_missing() -> Vec<String> {
+/// What an engine's tests need (empty when nothing): root, `tools` on PATH (installed by
+/// `scripts/deps.sh GROUP`), busybox for the image, SeaweedFS, FUSE.
+fn missing(tools: &[&str], group: &str) -> Vec<String> {
     let mut missing = Vec::new();
     if !nix::unistd::geteuid().is_root() {
         missing.push("not running as root".to_string());
     }
-    for tool in ["podman", "runc", "s3fs", "tar", "chroot"] {
+    for tool in tools {
         if !support::on_path(tool) {
-            missing.push(format!("'{tool}' is not on PATH (scripts/deps.sh podman)"));
+            missing.push(format!("'{tool}' is not on PATH (scripts/deps.sh {group})"));
         }
     }
     if !Path::new("/bin/busybox").is_file() {
-        missing.push("busybox-static is not installed (scripts/deps.sh docker)".to_string());
+        missing.push(format!(
+            "busybox-static is not installed (scripts/deps.sh {group})"
+        ));
     }
     if !support::weed_bin().is_file() {
         missing.push(format!(
@@ -679,6 +671,11 @@ pub fn podman_missing() -> Vec<String> {
         missing.push("/dev/fuse is missing".to_string());
     }
     missing
+}
+
+/// What the Podman tests need (empty when nothing).
+pub fn podman_missing() -> Vec<String> {
+    missing(&["podman", "runc", "s3fs", "tar", "chroot"], "podman")
 }
 
 /// The socket Podman's containers.conf names for bai-s3; each test's daemon listens there
@@ -804,36 +801,19 @@ const D26_LOG: &str = "var/log/docker26.log";
 
 /// What the Docker Engine 26 tests need (empty when nothing).
 pub fn docker26_missing() -> Vec<String> {
-    let mut missing = Vec::new();
-    if !nix::unistd::geteuid().is_root() {
-        missing.push("not running as root".to_string());
-    }
-    for tool in [
+    missing(
+        &[
+            "docker",
+            "debootstrap",
+            "chroot",
+            "mount",
+            "umount",
+            "unshare",
+            "nsenter",
+            "tar",
+        ],
         "docker",
-        "debootstrap",
-        "chroot",
-        "mount",
-        "umount",
-        "unshare",
-        "tar",
-    ] {
-        if !support::on_path(tool) {
-            missing.push(format!("'{tool}' is not on PATH (scripts/deps.sh docker)"));
-        }
-    }
-    if !Path::new("/bin/busybox").is_file() {
-        missing.push("busybox-static is not installed (scripts/deps.sh docker)".to_string());
-    }
-    if !support::weed_bin().is_file() {
-        missing.push(format!(
-            "{} is missing (scripts/deps.sh)",
-            support::weed_bin().display()
-        ));
-    }
-    if !Path::new("/dev/fuse").exists() {
-        missing.push("/dev/fuse is missing".to_string());
-    }
-    missing
+    )
 }
 
 fn sh(what: &str, cmd: &mut Command, timeout: Duration) -> Result<String, String> {

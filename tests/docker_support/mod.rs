@@ -154,6 +154,14 @@ pub fn e2e_name(tag: &str) -> String {
     support::unique_name_with(NAME_PREFIX, tag, 24)
 }
 
+/// A new, empty bucket named by [`e2e_name`].
+pub fn new_bucket(s3: &support::S3, tag: &str) -> String {
+    let b = e2e_name(tag);
+    s3.create_bucket(&b)
+        .unwrap_or_else(|e| panic!("create bucket {b}: {e}"));
+    b
+}
+
 // ---------------------------------------------------------------------------------------------
 // Prerequisites
 // ---------------------------------------------------------------------------------------------
@@ -639,11 +647,7 @@ impl E2e {
 
     /// A new, empty bucket.
     pub fn bucket(&self, tag: &str) -> String {
-        let b = e2e_name(tag);
-        self.s3()
-            .create_bucket(&b)
-            .unwrap_or_else(|e| panic!("create bucket {b}: {e}"));
-        b
+        new_bucket(self.s3(), tag)
     }
 
     /// `docker volume create -d bai-s3 [-o k=v]... NAME`, which must succeed.

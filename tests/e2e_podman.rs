@@ -205,6 +205,20 @@ fn stalled_store(test: &str, mount_timeout: &str) -> Option<(StallProxy, Case, S
     Some((proxy, c, vol, name))
 }
 
+/// `podman start NAME`, which must fail; returns how long it took and its stderr (said).
+fn failed_start(c: &Case, name: &str, what: &str) -> (Duration, String) {
+    let t0 = Instant::now();
+    let o = c.engine.fails(&["start", name]);
+    let took = t0.elapsed();
+    let err = docker_support::stderr_of(&o);
+    say(&format!(
+        "podman start {what}, after {} ms: {}",
+        took.as_millis(),
+        err.trim()
+    ));
+    (took, err)
+}
+
 /// On a store too slow for a Mount, bai-s3's refusal reaches `podman start` and says so, within
 /// Podman's 5 s: the daemon's `--mount-timeout` (3 s here) must be below Podman's
 /// `volume_plugin_timeout`, or Podman gives up first with a timeout of its own (README: when to
@@ -221,15 +235,7 @@ fn podman_slow_store_refusal_says_so_within_the_plugin_timeout() {
     ) else {
         return;
     };
-    let t0 = Instant::now();
-    let o = c.engine.fails(&["start", &name]);
-    let took = t0.elapsed();
-    let err = docker_support::stderr_of(&o);
-    say(&format!(
-        "podman start on a stalled store, after {} ms: {}",
-        took.as_millis(),
-        err.trim()
-    ));
+    let (took, err) = failed_start(&c, &name, "on a stalled store");
     assert!(
         err.contains("within 3 s") && err.contains("--mount-timeout"),
         "the start failed, but not with bai-s3's word on the slow store: {err}"
@@ -262,15 +268,7 @@ fn podman_gives_up_before_a_longer_mount_timeout() {
     else {
         return;
     };
-    let t0 = Instant::now();
-    let o = c.engine.fails(&["start", &name]);
-    let took = t0.elapsed();
-    let err = docker_support::stderr_of(&o);
-    say(&format!(
-        "podman start, --mount-timeout 8 on a stalled store, after {} ms: {}",
-        took.as_millis(),
-        err.trim()
-    ));
+    let (took, err) = failed_start(&c, &name, "on a stalled store, --mount-timeout 8");
     assert!(
         err.contains("Client.Timeout exceeded"),
         "Podman did not give up on its own timeout: {err}"

@@ -646,7 +646,7 @@ const PODMAN_RUNROOT: &str = "/run/bai-s3-test-podman";
 
 /// What an engine's tests need (empty when nothing): root, `tools` on PATH (installed by
 /// `scripts/deps.sh GROUP`), busybox for the image, SeaweedFS, FUSE.
-fn missing(tools: &[&str], group: &str) -> Vec<String> {
+pub(super) fn missing(tools: &[&str], group: &str) -> Vec<String> {
     let mut missing = Vec::new();
     if !nix::unistd::geteuid().is_root() {
         missing.push("not running as root".to_string());

@@ -177,26 +177,12 @@ fn deb_installed(pkg: &str) -> bool {
 /// What is missing for the end-to-end tests (empty when nothing). Starts dockerd with
 /// `scripts/dockerd.sh` when it does not answer.
 fn missing_prereqs() -> Vec<String> {
-    let mut missing = Vec::new();
-    if !nix::unistd::geteuid().is_root() {
-        missing.push("not running as root (docker plugin create, chroot)".to_string());
-    }
-    for tool in ["docker", "dockerd", "debootstrap", "chroot", "tar"] {
-        if !support::on_path(tool) {
-            missing.push(format!("'{tool}' is not on PATH (scripts/deps.sh docker)"));
-        }
-    }
-    if !deb_installed("busybox-static") || !Path::new("/bin/busybox").is_file() {
+    let mut missing = engine::missing(
+        &["docker", "dockerd", "debootstrap", "chroot", "tar"],
+        "docker",
+    );
+    if !deb_installed("busybox-static") {
         missing.push("busybox-static is not installed (scripts/deps.sh docker)".to_string());
-    }
-    if !support::weed_bin().is_file() {
-        missing.push(format!(
-            "{} is missing (scripts/deps.sh)",
-            support::weed_bin().display()
-        ));
-    }
-    if !Path::new("/dev/fuse").exists() {
-        missing.push("/dev/fuse is missing".to_string());
     }
     if missing.is_empty() && !docker_answers() {
         say("e2e: dockerd does not answer; starting it with scripts/dockerd.sh");

@@ -14,6 +14,7 @@ use std::sync::OnceLock;
 
 use docker_support::engine::{self, Case, Engine};
 use docker_support::{stderr_of, stdout_of, IMAGE};
+
 use support::say;
 
 static D26: OnceLock<Result<Engine, String>> = OnceLock::new();
@@ -198,4 +199,119 @@ fn docker26_volume_subpath_and_a_planted_symlink() {
         stdout_of(&o)
     );
     c.wait_unmounted();
+}
+
+/// The managed plugin (plugin/build.sh: Debian 12 rootfs, s3fs 1.90) under dockerd 26: create,
+/// enable, a container's write lands in the bucket, disable refuses while a volume is in use,
+/// disable and enable again keep the volume. The plugin runs on dockerd 26's "host" network,
+/// its own namespace here: it reaches SeaweedFS through a forwarder into that namespace.
+#[test]
+#[cfg_attr(
+    not(bai_s3_docker),
+    ignore = "needs docker, debootstrap, SeaweedFS, root"
+)]
+fn docker26_managed_plugin_create_enable_disable() {
+    let Some(c) = case("docker26_managed_plugin_create_enable_disable") else {
+        return;
+    };
+    const NAME: &str = "bai-s3-managed";
+    let root = engine::docker26_root();
+    let upstream = c.s3.endpoint.trim_start_matches("http://").to_string();
+    let endpoint = engine::bridge_into_docker26(&upstream);
+    // Config and state folders on dockerd 26's side of the binds: inside the root.
+    let base = tempfile::Builder::new()
+        .prefix("bai-s3-managed-")
+        .tempdir_in(root.join("tmp"))
+        .unwrap();
+    let (config, state) = (base.path().join("config"), base.path().join("state"));
+    for d in [&config, &state] {
+        std::fs::create_dir(d).unwrap();
+        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    }
+    let mut backend = c.s3.backend("default");
+    backend.endpoint = endpoint;
+    support::write_private_file(
+        &config.join("backends.toml"),
+        &support::backends_toml(&[backend]),
+    );
+    let inside = |p: &std::path::Path| format!("/{}", p.strip_prefix(root).unwrap().display());
+
+    struct Gone<'a>(&'a Engine);
+    impl Drop for Gone<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.cli(&["plugin", "disable", "-f", NAME]);
+            let _ = self.0.cli(&["plugin", "rm", "-f", NAME]);
+        }
+    }
+    let e = c.engine;
+    let _gone = Gone(e);
+    let sock = format!("unix://{}", root.join("run/docker26.sock").display());
+    let o = docker_support::run_with_timeout(
+        std::process::Command::new(support::repo().join("plugin/build.sh"))
+            .env("DOCKER_HOST", &sock)
+            .env("BAI_S3_PLUGIN_NAME", NAME)
+            .env("BAI_S3_BINARY", support::daemon_bin()),
+        std::time::Duration::from_secs(900),
+    );
+    assert!(
+        o.status.success(),
+        "plugin/build.sh against dockerd 26: {}{}",
+        stdout_of(&o),
+        stderr_of(&o)
+    );
+    e.ok(&[
+        "plugin",
+        "set",
+        NAME,
+        &format!("config.source={}", inside(&config)),
+        &format!("state.source={}", inside(&state)),
+    ]);
+    e.ok(&["plugin", "enable", NAME]);
+    let ls = e.ok(&["plugin", "ls", "--format", "{{.Name}} {{.Enabled}}"]);
+    assert!(ls.contains(&format!("{NAME}:latest true")), "{ls}");
+
+    let bucket = c.bucket("managed");
+    let vol = c.volume_name("managed");
+    let b = format!("bucket={bucket}");
+    let out = e.ok(&["volume", "create", "-d", NAME, "-o", &b, &vol]);
+    assert_eq!(out.trim(), vol);
+    let mount = format!("type=volume,src={vol},dst=/data,volume-driver={NAME}");
+    let write = |what: &str| {
+        let script = format!("echo {what} > /data/{what}.txt");
+        let o = c.run_verb(
+            "run",
+            &["--rm", "--mount", &mount, IMAGE, "sh", "-c", &script],
+        );
+        assert!(o.status.success(), "{}", e.describe(&["run", what], &o));
+        assert_eq!(
+            c.object(&bucket, &format!("{what}.txt")),
+            Some(format!("{what}\n").into_bytes())
+        );
+    };
+    write("first");
+
+    // Disable refuses while a container uses one of its volumes.
+    let sleeper = c.run_verb("run", &["-d", "--mount", &mount, IMAGE, "sleep", "600"]);
+    assert!(
+        sleeper.status.success(),
+        "{}",
+        e.describe(&["run", "-d"], &sleeper)
+    );
+    let id = stdout_of(&sleeper).trim().to_string();
+    let o = e.fails(&["plugin", "disable", NAME]);
+    say(&format!("disable while in use: {}", stderr_of(&o).trim()));
+    e.ok(&["rm", "-f", &id]);
+    // Docker counts volumes as users of their plugin: disable needs -f while one exists.
+    e.ok(&["plugin", "disable", "-f", NAME]);
+    e.ok(&["plugin", "enable", NAME]);
+    assert!(
+        e.volume_names().contains(&vol),
+        "the volume is gone after disable/enable"
+    );
+    write("again");
+    e.ok(&["volume", "rm", &vol]);
+    assert_eq!(
+        c.keys(&bucket),
+        vec!["again.txt".to_string(), "first.txt".to_string()]
+    );
 }

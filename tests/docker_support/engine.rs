@@ -1040,3 +1040,62 @@ pub fn docker26_daemon_with(
     fs::rename(&tmp, &link).expect("rename the socket link");
     d
 }
+
+/// A TCP forwarder from `127.0.0.1:PORT` inside dockerd 26's network namespace to `upstream`
+/// (`host:port` in the test's own): what a managed plugin on dockerd 26's "host" network
+/// reaches the test's SeaweedFS through. Returns `http://127.0.0.1:PORT`. Lives as long as the
+/// test process.
+pub fn bridge_into_docker26(upstream: &str) -> String {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
+    let root = D26_ROOT.get().expect("dockerd 26 is set up first");
+    let pid = docker26_pid(root).expect("dockerd 26 runs");
+    let pid_s = pid.to_string();
+    sh(
+        "bring lo up in dockerd 26's network namespace",
+        Command::new("nsenter").args(["-t", &pid_s, "-n", "ip", "link", "set", "lo", "up"]),
+        Duration::from_secs(30),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    // A thread of its own enters the namespace and binds there; the socket stays in that
+    // namespace when the thread ends. Everything else runs in the test's namespace.
+    let listener = std::thread::spawn(move || {
+        let ns = fs::File::open(format!("/proc/{pid}/ns/net")).expect("open the netns");
+        // SAFETY: setns on a valid descriptor changes only this thread's network namespace.
+        let r = unsafe { nix::libc::setns(ns.as_raw_fd(), nix::libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+        TcpListener::bind("127.0.0.1:0").expect("bind in dockerd 26's netns")
+    })
+    .join()
+    .expect("the netns thread");
+    let port = listener.local_addr().unwrap().port();
+    let upstream = upstream.to_string();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = TcpStream::connect(&upstream) else {
+                continue;
+            };
+            for (mut from, mut to) in [
+                (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                (server, client),
+            ] {
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 65536];
+                    while let Ok(n) = from.read(&mut buf) {
+                        if n == 0 || to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+    format!("http://127.0.0.1:{port}")
+}
+
+/// The Debian 13 root dockerd 26 runs in.
+pub fn docker26_root() -> &'static Path {
+    D26_ROOT.get().expect("dockerd 26 is set up first")
+}

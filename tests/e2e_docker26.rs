@@ -203,7 +203,7 @@ fn docker26_volume_subpath_and_a_planted_symlink() {
 
 /// The managed plugin (plugin/build.sh: Debian 12 rootfs, s3fs 1.90) under dockerd 26: create,
 /// enable, a container's write lands in the bucket, disable refuses while a volume is in use,
-/// disable and enable again keep the volume. The plugin runs on dockerd 26's "host" network,
+/// disable and enable again keep the volume, an upgrade from a registry keeps it too. The plugin runs on dockerd 26's "host" network,
 /// its own namespace here: it reaches SeaweedFS through a forwarder into that namespace.
 #[test]
 #[cfg_attr(
@@ -309,9 +309,76 @@ fn docker26_managed_plugin_create_enable_disable() {
         "the volume is gone after disable/enable"
     );
     write("again");
+
+    // Upgrade as operators do: a new version pushed to a registry (on the loopback, reached
+    // through a forwarder too), the plugin disabled, upgraded, enabled; the volume stays.
+    let reg = docker_support::registry::Registry::start()
+        .unwrap_or_else(|e| panic!("a registry for the upgrade: {e}"));
+    let reg_addr = engine::bridge_into_docker26(&reg.addr);
+    let v2 = format!(
+        "{}/bai-s3-managed:2.0.0-e2e",
+        reg_addr.trim_start_matches("http://")
+    );
+    let o = docker_support::run_with_timeout(
+        std::process::Command::new(support::repo().join("plugin/build.sh"))
+            .env("DOCKER_HOST", &sock)
+            .env("BAI_S3_PLUGIN_NAME", &v2)
+            .env("BAI_S3_PLUGIN_VERSION", "2.0.0-e2e")
+            .env("BAI_S3_BINARY", support::daemon_bin()),
+        std::time::Duration::from_secs(900),
+    );
+    assert!(
+        o.status.success(),
+        "plugin/build.sh as {v2}: {}{}",
+        stdout_of(&o),
+        stderr_of(&o)
+    );
+    e.ok(&["plugin", "push", &v2]);
+    e.ok(&["plugin", "rm", &v2]);
+    assert!(
+        reg.has_tag("bai-s3-managed", "2.0.0-e2e"),
+        "the push did not arrive\n{}",
+        reg.log()
+    );
+    e.ok(&["plugin", "disable", "-f", NAME]);
+    let upgraded = e.ok(&[
+        "plugin",
+        "upgrade",
+        "--grant-all-permissions",
+        "--skip-remote-check",
+        NAME,
+        &v2,
+    ]);
+    assert!(upgraded.contains("Upgraded plugin"), "{upgraded}");
+    // As Docker 20.10 (README, Upgrades): the new version starts with the manifest's default
+    // mount sources until they are set again.
+    e.ok(&[
+        "plugin",
+        "set",
+        NAME,
+        &format!("config.source={}", inside(&config)),
+        &format!("state.source={}", inside(&state)),
+    ]);
+    e.ok(&["plugin", "enable", NAME]);
+    let desc = e.ok(&["plugin", "inspect", "-f", "{{.Config.Description}}", NAME]);
+    assert!(
+        desc.starts_with("bai-s3 2.0.0-e2e: "),
+        "after the upgrade: {desc}"
+    );
+    assert!(
+        e.volume_names().contains(&vol),
+        "the volume is gone after the upgrade"
+    );
+    write("upgraded");
+    say(&format!("upgraded to {v2}: {}", desc.trim()));
+
     e.ok(&["volume", "rm", &vol]);
     assert_eq!(
         c.keys(&bucket),
-        vec!["again.txt".to_string(), "first.txt".to_string()]
+        vec![
+            "again.txt".to_string(),
+            "first.txt".to_string(),
+            "upgraded.txt".to_string()
+        ]
     );
 }

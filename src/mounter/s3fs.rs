@@ -119,7 +119,7 @@ impl Identity {
             .ca_file
             .as_ref()
             .map(|p| format!("some:{}", p.display()));
-        let fields: [&[u8]; 18] = [
+        let fields: [&[u8]; 19] = [
             b"bai-s3 shared mount v2",
             self.backend.as_bytes(),
             self.endpoint.as_bytes(),
@@ -136,6 +136,7 @@ impl Identity {
             &t.parallel_count.to_be_bytes(),
             &t.multipart_size.to_be_bytes(),
             &t.stat_cache_expire.to_be_bytes(),
+            if t.negative_cache { b"1" } else { b"0" },
             if t.compat_dir { b"1" } else { b"0" },
             b"end",
         ];
@@ -300,7 +301,6 @@ impl<S: Sys> S3fsMounter<S> {
             format!("parallel_count={}", o.tuning.parallel_count),
             format!("multipart_size={}", o.tuning.multipart_size),
             format!("stat_cache_expire={}", o.tuning.stat_cache_expire),
-            "enable_noobj_cache".to_string(),
             "retries=2".to_string(),
             "connect_timeout=5".to_string(),
             "dbglevel=warn".to_string(),
@@ -320,6 +320,11 @@ impl<S: Sys> S3fsMounter<S> {
         }
         if !o.tuning.compat_dir {
             opts.push("notsup_compat_dir".to_string());
+        }
+        // Never by default: s3fs renews a missing name's entry at each lookup, so a name that
+        // is polled for would stay missing after another writer put it (see `Tuning`).
+        if o.tuning.negative_cache {
+            opts.push("enable_noobj_cache".to_string());
         }
         if o.tuning.cache {
             let dir = self.cfg.state_dir.join("cache").join(name);
@@ -1109,12 +1114,14 @@ mod tests {
             name(&[("bucket", "abc"), ("uid", "1000")]),
             name(&[("bucket", "abc"), ("compat-dir", "false")]),
             name(&[("bucket", "abc"), ("cache", "true")]),
+            name(&[("bucket", "abc"), ("negative-cache", "true")]),
+            name(&[("bucket", "abc"), ("stat-cache-expire", "30")]),
             name(&[("bucket", "abd")]),
         ] {
             assert_ne!(a, other);
         }
         // Pinned format: `<backend>-<bucket>-<32 hex>`, HMAC-SHA256 with the host's key.
-        assert_eq!(a, "default-abc-fcd37c96b82030ac88cb11972719b43c");
+        assert_eq!(a, "default-abc-7bdc09f23a238274558f2a6bf7709669");
         // Another host key, another name; the secret key never shows.
         let other_host = Identity::of(&spec(&[("bucket", "abc")])).name(&[8; fsutil::KEY_LEN]);
         assert_ne!(a, other_host);
@@ -1187,8 +1194,14 @@ mod tests {
         assert!(args.contains("use_cache=/s/cache/n"));
         assert!(args.contains("tmpdir=/s/tmp/n,") && args.contains("ensure_diskfree=512"));
         assert!(!args.contains("notsup_compat_dir"));
+        // Fresh by default: metadata cached 1 s, missing names not remembered.
+        assert!(args.contains(",stat_cache_expire=1,"), "{args}");
+        assert!(!args.contains("enable_noobj_cache"), "{args}");
         let s = spec(&[("bucket", "abc"), ("compat-dir", "false")]);
         let args = m.s3fs_args(&s, "n", Path::new("/m/.s3fs/n")).join(" ");
         assert!(args.contains(",notsup_compat_dir"), "{args}");
+        let s = spec(&[("bucket", "abc"), ("negative-cache", "true")]);
+        let args = m.s3fs_args(&s, "n", Path::new("/m/.s3fs/n")).join(" ");
+        assert!(args.contains(",enable_noobj_cache"), "{args}");
     }
 }

@@ -18,8 +18,8 @@ use support::*;
 const BOUND: Duration = Duration::from_secs(1);
 /// What a check may take beyond the bound: the store's answer and the poll's own step.
 const MARGIN: Duration = Duration::from_millis(500);
-/// README: stat() (sizes in `ls -l`) within `stat-cache-expire` (1 s by default) plus the
-/// kernel's 1 s attribute cache.
+/// README: stat() (sizes in `ls -l`, a deleted name) within `stat-cache-expire` (1 s by
+/// default) plus the kernel's 1 s attribute cache.
 const STAT_BOUND: Duration = Duration::from_secs(2);
 
 /// One node: its daemon and its volume of the shared bucket, mounted.
@@ -85,14 +85,14 @@ fn miss(path: &Path) {
     }
 }
 
-/// Polls `check` from now until it holds or the bound (plus the margin) has passed; the
-/// failure names what was not seen and what was seen instead. Returns the staleness seen.
+/// Polls `look` from now until `ok` holds of what it saw, or the bound (plus the margin) has
+/// passed; the failure names what was not seen and what was seen instead.
 fn seen_within<T: std::fmt::Debug>(
     what: &str,
     bound: Duration,
     mut look: impl FnMut() -> T,
     ok: impl Fn(&T) -> bool,
-) -> Duration {
+) {
     let t = Instant::now();
     let deadline = t + bound + MARGIN;
     loop {
@@ -100,7 +100,7 @@ fn seen_within<T: std::fmt::Debug>(
         if ok(&got) {
             let took = t.elapsed();
             say(&format!("{what}: seen after {:.3} s", took.as_secs_f64()));
-            return took;
+            return;
         }
         assert!(
             Instant::now() < deadline,
@@ -109,6 +109,21 @@ fn seen_within<T: std::fmt::Debug>(
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// open() of `path` reads `want` within the bound.
+fn opens_as(what: &str, path: &Path, want: &[u8]) {
+    seen_within(what, BOUND, || read(path), |g| g.as_deref() == Ok(want));
+}
+
+/// open() of `path` fails with ENOENT within the bound.
+fn gone_from(what: &str, path: &Path) {
+    seen_within(
+        what,
+        BOUND,
+        || read(path),
+        |g| *g == Err(ErrorKind::NotFound),
+    );
 }
 
 fn names(dir: &Path) -> Vec<String> {
@@ -129,18 +144,13 @@ fn what_one_node_or_s3_writes_the_other_node_opens_within_the_bound() {
     ) else {
         return;
     };
-    let is =
-        |want: &'static [u8]| move |got: &Result<Vec<u8>, ErrorKind>| got.as_deref() == Ok(want);
-    let missing = |got: &Result<Vec<u8>, ErrorKind>| *got == Err(ErrorKind::NotFound);
-
     // A new name after a miss, written through the other node.
     miss(&b.path("upload.txt"));
     fs::write(a.path("upload.txt"), b"from node A").unwrap();
-    seen_within(
+    opens_as(
         "new name via node A, after a miss on B",
-        BOUND,
-        || read(&b.path("upload.txt")),
-        is(b"from node A"),
+        &b.path("upload.txt"),
+        b"from node A",
     );
 
     // A new name after a miss, put through the S3 API.
@@ -148,20 +158,18 @@ fn what_one_node_or_s3_writes_the_other_node_opens_within_the_bound() {
     s3.s3()
         .put(&bucket, "from-s3.txt", b"put through S3")
         .unwrap();
-    seen_within(
+    opens_as(
         "new name via S3, after a miss on B",
-        BOUND,
-        || read(&b.path("from-s3.txt")),
-        is(b"put through S3"),
+        &b.path("from-s3.txt"),
+        b"put through S3",
     );
     // ... and the other way round.
     miss(&a.path("from-b.txt"));
     fs::write(b.path("from-b.txt"), b"from node B").unwrap();
-    seen_within(
+    opens_as(
         "new name via node B, after a miss on A",
-        BOUND,
-        || read(&a.path("from-b.txt")),
-        is(b"from node B"),
+        &a.path("from-b.txt"),
+        b"from node B",
     );
 
     // Overwrites (another size, then the same size) of a file B has read, through A and S3.
@@ -170,26 +178,19 @@ fn what_one_node_or_s3_writes_the_other_node_opens_within_the_bound() {
         Ok(&b"from node A"[..])
     );
     fs::write(a.path("upload.txt"), b"second version, longer").unwrap();
-    seen_within(
+    opens_as(
         "overwrite via node A",
-        BOUND,
-        || read(&b.path("upload.txt")),
-        is(b"second version, longer"),
+        &b.path("upload.txt"),
+        b"second version, longer",
     );
     fs::write(a.path("upload.txt"), b"third  version, longer").unwrap();
-    seen_within(
+    opens_as(
         "same-size overwrite via node A",
-        BOUND,
-        || read(&b.path("upload.txt")),
-        is(b"third  version, longer"),
+        &b.path("upload.txt"),
+        b"third  version, longer",
     );
     s3.s3().put(&bucket, "upload.txt", b"4th (S3)").unwrap();
-    seen_within(
-        "overwrite via S3",
-        BOUND,
-        || read(&b.path("upload.txt")),
-        is(b"4th (S3)"),
-    );
+    opens_as("overwrite via S3", &b.path("upload.txt"), b"4th (S3)");
     // stat() has its own, stated bound (the metadata caches of s3fs and the kernel).
     let p = b.path("from-s3.txt");
     assert_eq!(fs::metadata(&p).unwrap().len(), 14);
@@ -209,29 +210,33 @@ fn what_one_node_or_s3_writes_the_other_node_opens_within_the_bound() {
         Ok(&b"from node B"[..])
     );
     fs::remove_file(a.path("from-b.txt")).unwrap();
+    gone_from("delete via node A", &b.path("from-b.txt"));
+    // A delete seen by stat() alone (nothing opens it again): stat()'s bound.
+    fs::write(a.path("stat-gone.txt"), b"s").unwrap();
+    opens_as("new name for stat()", &b.path("stat-gone.txt"), b"s");
+    assert!(fs::metadata(b.path("stat-gone.txt")).is_ok());
+    fs::remove_file(a.path("stat-gone.txt")).unwrap();
     seen_within(
-        "delete via node A",
-        BOUND,
-        || read(&b.path("from-b.txt")),
-        missing,
+        "delete via node A, by stat()",
+        STAT_BOUND,
+        || {
+            fs::metadata(b.path("stat-gone.txt"))
+                .map_err(|e| e.kind())
+                .map(|m| m.len())
+        },
+        |g| *g == Err(ErrorKind::NotFound),
     );
 
     // A rename through the other node: the new name opens, the old one is gone.
     assert_eq!(read(&b.path("upload.txt")).as_deref(), Ok(&b"4th (S3)"[..]));
     miss(&b.path("renamed.txt"));
     fs::rename(a.path("upload.txt"), a.path("renamed.txt")).unwrap();
-    seen_within(
+    opens_as(
         "rename via node A: the new name",
-        BOUND,
-        || read(&b.path("renamed.txt")),
-        is(b"4th (S3)"),
+        &b.path("renamed.txt"),
+        b"4th (S3)",
     );
-    seen_within(
-        "rename via node A: the old name",
-        BOUND,
-        || read(&b.path("upload.txt")),
-        missing,
-    );
+    gone_from("rename via node A: the old name", &b.path("upload.txt"));
 
     // A listing shows what the other node did at once: the first look.
     let before = names(&b.mp);
@@ -353,11 +358,10 @@ fn negative_cache_true_trades_a_polled_miss_for_speed_as_documented() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(names(&b.mp), ["late.txt"]);
-    seen_within(
+    opens_as(
         "a remembered miss after a listing",
-        BOUND,
-        || read(&b.path("late.txt")),
-        |g| g.as_deref() == Ok(&b"late"[..]),
+        &b.path("late.txt"),
+        b"late",
     );
     a.stop();
     b.stop();

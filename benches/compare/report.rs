@@ -69,6 +69,18 @@ impl Sheet {
         self.rows.push([a.to_string(), b, c, d, e, f]);
     }
 
+    /// The main table, after a blank line.
+    fn main_table(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "\n| measure | bai-s3 | rclone | reference | ratio | goal |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|");
+        for r in &self.rows {
+            let _ = writeln!(out, "| {} |", r.join(" | "));
+        }
+    }
+
     fn goal(&mut self, what: impl Into<String>, met: bool, detail: String) {
         self.goals.push(Goal {
             what: what.into(),
@@ -143,20 +155,10 @@ impl Report {
         small_rows(&mut s, sz, sm);
         let rows = tune_small(j, tune, sm);
         let out = &mut self.markdown;
-        let _ = writeln!(
-            out,
-            "\n| measure | bai-s3 | rclone | reference | ratio | goal |"
-        );
-        let _ = writeln!(out, "|---|---|---|---|---|---|");
-        for r in &s.rows {
-            let _ = writeln!(out, "| {} |", r.join(" | "));
-        }
+        s.main_table(out);
         if !rows.is_empty() {
-            let _ = writeln!(out, "\n| options | create | list | read | total |");
-            let _ = writeln!(out, "|---|---|---|---|---|");
-            for r in &rows {
-                let _ = writeln!(out, "{r}");
-            }
+            out.push('\n');
+            small_table(out, &rows);
         }
         for g in &s.goals {
             let _ = writeln!(out, "\n{}", g.line());
@@ -181,14 +183,7 @@ impl Report {
         s.goals.extend(scale_goals.iter().cloned());
 
         let out = &mut self.markdown;
-        let _ = writeln!(
-            out,
-            "\n| measure | bai-s3 | rclone | reference | ratio | goal |"
-        );
-        let _ = writeln!(out, "|---|---|---|---|---|---|");
-        for r in &s.rows {
-            let _ = writeln!(out, "| {} |", r.join(" | "));
-        }
+        s.main_table(out);
         if !tune_rows.is_empty() {
             let _ = writeln!(out, "\nbai-s3 data path with other volume options (same file, bucket bench-tune; % of raw S3):\n");
             let _ = writeln!(out, "| options | seq write | seq read | goals |");
@@ -204,11 +199,7 @@ impl Report {
                 sz.small,
                 r.small.rclone.total()
             );
-            let _ = writeln!(out, "| options | create | list | read | total |");
-            let _ = writeln!(out, "|---|---|---|---|---|");
-            for r in &small_rows {
-                let _ = writeln!(out, "{r}");
-            }
+            small_table(out, &small_rows);
         }
         let _ = writeln!(out, "\nGoals:\n");
         let mut gj = Vec::new();
@@ -568,6 +559,15 @@ fn tune_data(j: &mut Map<String, Value>, sets: &[SeqTune], d: &DataPath) -> Vec<
     }
     j.insert("tuning_sweep".into(), Value::Array(tune_json));
     tune_rows
+}
+
+/// The small-files sweep's table.
+fn small_table(out: &mut String, rows: &[String]) {
+    let _ = writeln!(out, "| options | create | list | read | total |");
+    let _ = writeln!(out, "|---|---|---|---|---|");
+    for r in rows {
+        let _ = writeln!(out, "{r}");
+    }
 }
 
 /// The small-files sweep's JSON and its table's rows.

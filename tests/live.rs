@@ -282,7 +282,7 @@ fn a_wedged_s3fs_blocks_only_mounts_of_itself() {
     let (took, r) = on_wedged.join().unwrap();
     let (code, body) = r.expect("Mount on the wedged s3fs was answered");
     let err = body["Err"].as_str().unwrap_or_default().to_string();
-    assert_eq!(code, 200);
+    assert_eq!(code, 500, "a refusal is an HTTP error to every client");
     assert!(
         err.contains("did not answer within 5 s") && err.contains(&b1),
         "Mount on the wedged s3fs says what happened: {err}"

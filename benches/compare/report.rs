@@ -69,6 +69,18 @@ impl Sheet {
         self.rows.push([a.to_string(), b, c, d, e, f]);
     }
 
+    /// The main table, after a blank line.
+    fn main_table(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "\n| measure | bai-s3 | rclone | reference | ratio | goal |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|");
+        for r in &self.rows {
+            let _ = writeln!(out, "| {} |", r.join(" | "));
+        }
+    }
+
     fn goal(&mut self, what: impl Into<String>, met: bool, detail: String) {
         self.goals.push(Goal {
             what: what.into(),
@@ -131,6 +143,29 @@ impl Report {
         self
     }
 
+    /// `BAI_S3_BENCH_ONLY=small`: the header, the small files' rows and their tuning sweep.
+    pub fn small_only(mut self, sz: &Sizes, sm: &SmallFiles, tune: &[SmallTune]) -> Report {
+        let j = &mut self.json;
+        j.insert(
+            "small_files".into(),
+            json!({"files": sm.files, "bytes_each": small::BYTES_EACH, "cap_secs": sm.cap.as_secs(),
+                   "bai_s3": small_json(&sm.bai), "rclone": small_json(&sm.rclone)}),
+        );
+        let mut s = Sheet::default();
+        small_rows(&mut s, sz, sm);
+        let rows = tune_small(j, tune, sm);
+        let out = &mut self.markdown;
+        s.main_table(out);
+        if !rows.is_empty() {
+            out.push('\n');
+            small_table(out, &rows);
+        }
+        for g in &s.goals {
+            let _ = writeln!(out, "\n{}", g.line());
+        }
+        self
+    }
+
     /// A full run: the header, then every scenario.
     pub fn full(mut self, sz: &Sizes, r: &Results) -> Report {
         let j = &mut self.json;
@@ -148,14 +183,7 @@ impl Report {
         s.goals.extend(scale_goals.iter().cloned());
 
         let out = &mut self.markdown;
-        let _ = writeln!(
-            out,
-            "\n| measure | bai-s3 | rclone | reference | ratio | goal |"
-        );
-        let _ = writeln!(out, "|---|---|---|---|---|---|");
-        for r in &s.rows {
-            let _ = writeln!(out, "| {} |", r.join(" | "));
-        }
+        s.main_table(out);
         if !tune_rows.is_empty() {
             let _ = writeln!(out, "\nbai-s3 data path with other volume options (same file, bucket bench-tune; % of raw S3):\n");
             let _ = writeln!(out, "| options | seq write | seq read | goals |");
@@ -171,11 +199,7 @@ impl Report {
                 sz.small,
                 r.small.rclone.total()
             );
-            let _ = writeln!(out, "| options | create | list | read | total |");
-            let _ = writeln!(out, "|---|---|---|---|---|");
-            for r in &small_rows {
-                let _ = writeln!(out, "{r}");
-            }
+            small_table(out, &small_rows);
         }
         let _ = writeln!(out, "\nGoals:\n");
         let mut gj = Vec::new();
@@ -455,6 +479,22 @@ fn data_path(s: &mut Sheet, j: &mut Map<String, Value>, sz: &Sizes, d: &DataPath
         format!("{:.0}% of raw", 100.0 * br / raw_rm),
         "≥ 70% of raw".into(),
     );
+    s.goal(
+        "Data path: sequential read ≥ 70% of raw S3",
+        d.read_ok(),
+        format!("{br:.0} of {raw_rm:.0} MiB/s ({:.0}%)", 100.0 * br / raw_rm),
+    );
+    s.goal(
+        "Data path: sequential write ≥ 50% of raw S3",
+        d.write_ok(),
+        format!("{bw:.0} of {raw_wm:.0} MiB/s ({:.0}%)", 100.0 * bw / raw_wm),
+    );
+    small_rows(s, sz, sm);
+}
+
+/// The small files' rows and goal (in the data path's part of the table).
+fn small_rows(s: &mut Sheet, sz: &Sizes, sm: &SmallFiles) {
+    let (smb, smr) = (&sm.bai, &sm.rclone);
     for (label, b, r) in [
         ("create", smb.create, smr.create),
         ("list", smb.list, smr.list),
@@ -477,16 +517,6 @@ fn data_path(s: &mut Sheet, j: &mut Map<String, Value>, sz: &Sizes, d: &DataPath
         "".into(),
         format!("{small_ratio:.2}× rclone"),
         "≤ 1× rclone".into(),
-    );
-    s.goal(
-        "Data path: sequential read ≥ 70% of raw S3",
-        d.read_ok(),
-        format!("{br:.0} of {raw_rm:.0} MiB/s ({:.0}%)", 100.0 * br / raw_rm),
-    );
-    s.goal(
-        "Data path: sequential write ≥ 50% of raw S3",
-        d.write_ok(),
-        format!("{bw:.0} of {raw_wm:.0} MiB/s ({:.0}%)", 100.0 * bw / raw_wm),
     );
     s.goal(
         format!("{} small files no slower than rclone defaults", sz.small),
@@ -529,6 +559,15 @@ fn tune_data(j: &mut Map<String, Value>, sets: &[SeqTune], d: &DataPath) -> Vec<
     }
     j.insert("tuning_sweep".into(), Value::Array(tune_json));
     tune_rows
+}
+
+/// The small-files sweep's table.
+fn small_table(out: &mut String, rows: &[String]) {
+    let _ = writeln!(out, "| options | create | list | read | total |");
+    let _ = writeln!(out, "|---|---|---|---|---|");
+    for r in rows {
+        let _ = writeln!(out, "{r}");
+    }
 }
 
 /// The small-files sweep's JSON and its table's rows.

@@ -117,9 +117,10 @@ impl Identity {
     /// hex digits>` when read-only), readable, the same in every run on this host (so a
     /// restarted daemon joins its mounts), and different for every other identity: the digits
     /// are HMAC-SHA256 (keyed with `key`) over every field, each length-prefixed, so no two
-    /// identities encode alike. A writable identity's fields are those of the versions before
-    /// read-only became part of the identity (its name is unchanged, so a daemon upgraded over
-    /// live mounts joins them); a read-only one has one field more.
+    /// identities encode alike. A read-only identity has one field more, so a writable one
+    /// hashes as it would without the read-only field. Live mounts of an earlier version are
+    /// adopted by the shared mount each volume's record keeps, whatever names this version
+    /// gives.
     pub fn name(&self, key: &[u8]) -> String {
         // HMAC takes a key of any length; `new_from_slice` cannot fail for it.
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key)
@@ -129,7 +130,7 @@ impl Identity {
             .ca_file
             .as_ref()
             .map(|p| format!("some:{}", p.display()));
-        let fields: [&[u8]; 18] = [
+        let fields: [&[u8]; 19] = [
             b"bai-s3 shared mount v2",
             self.backend.as_bytes(),
             self.endpoint.as_bytes(),
@@ -146,6 +147,7 @@ impl Identity {
             &t.parallel_count.to_be_bytes(),
             &t.multipart_size.to_be_bytes(),
             &t.stat_cache_expire.to_be_bytes(),
+            if t.negative_cache { b"1" } else { b"0" },
             if t.compat_dir { b"1" } else { b"0" },
             b"end",
         ];
@@ -382,7 +384,6 @@ impl<S: Sys> S3fsMounter<S> {
             format!("parallel_count={}", o.tuning.parallel_count),
             format!("multipart_size={}", o.tuning.multipart_size),
             format!("stat_cache_expire={}", o.tuning.stat_cache_expire),
-            "enable_noobj_cache".to_string(),
             "retries=2".to_string(),
             "connect_timeout=5".to_string(),
             "dbglevel=warn".to_string(),
@@ -406,6 +407,11 @@ impl<S: Sys> S3fsMounter<S> {
         }
         if !o.tuning.compat_dir {
             opts.push("notsup_compat_dir".to_string());
+        }
+        // Never by default: s3fs renews a missing name's entry at each lookup, so a name that
+        // is polled for would stay missing after another writer put it (see `Tuning`).
+        if o.tuning.negative_cache {
+            opts.push("enable_noobj_cache".to_string());
         }
         if o.tuning.cache {
             let dir = self.cfg.state_dir.join("cache").join(name);
@@ -1211,25 +1217,27 @@ mod tests {
             name(&[("bucket", "abc"), ("uid", "1000")]),
             name(&[("bucket", "abc"), ("compat-dir", "false")]),
             name(&[("bucket", "abc"), ("cache", "true")]),
+            name(&[("bucket", "abc"), ("negative-cache", "true")]),
+            name(&[("bucket", "abc"), ("stat-cache-expire", "30")]),
             name(&[("bucket", "abd")]),
             name(&[("bucket", "abc"), ("ro", "true")]),
         ] {
             assert_ne!(a, other);
         }
-        // Pinned format: `<backend>-<bucket>-<32 hex>`, HMAC-SHA256 with the host's key. A
-        // writable volume's name is the one versions before read-only s3fs mounts gave it (a
-        // restart after an upgrade must find its live mounts by it): both pins are the
-        // values the version before computed for these options and key.
-        assert_eq!(a, "default-abc-fcd37c96b82030ac88cb11972719b43c");
+        // Pinned format: `<backend>-<bucket>-<32 hex>`, HMAC-SHA256 with the host's key. A name
+        // changes only with the settings of the s3fs behind it (this version's default runs
+        // without s3fs's negative cache, so default volumes are named anew); a restarted daemon
+        // finds live mounts by the shared mount each volume's record keeps, not by the name.
+        assert_eq!(a, "default-abc-7bdc09f23a238274558f2a6bf7709669");
         let tuned = name(&[("bucket", "abc"), ("uid", "1000"), ("cache", "true")]);
-        assert_eq!(tuned, "default-abc-28864e3c66d9b744e0b7910511bdf210");
+        assert_eq!(tuned, "default-abc-49e0de2365a8fda39be3045988f9ee38");
         // A read-only volume has an s3fs of its own, whatever its prefix, named so.
         let ro = name(&[("bucket", "abc"), ("ro", "true")]);
         assert_eq!(
             ro,
             name(&[("bucket", "abc"), ("ro", "true"), ("prefix", "p")])
         );
-        assert_eq!(ro, "default-abc-ro-7a8f1c4b49795c6f696942ff0c7f377d");
+        assert_eq!(ro, "default-abc-ro-a6b58e100e8f6a80b9216e282ad27396");
         // Another host key, another name; the secret key never shows.
         let other_host = Identity::of(&spec(&[("bucket", "abc")])).name(&[8; fsutil::KEY_LEN]);
         assert_ne!(a, other_host);
@@ -1307,9 +1315,15 @@ mod tests {
         assert!(args.contains("use_cache=/s/cache/n"));
         assert!(args.contains("tmpdir=/s/tmp/n,") && args.contains("ensure_diskfree=512"));
         assert!(!args.contains("notsup_compat_dir"));
+        // Fresh by default: metadata cached 1 s, missing names not remembered.
+        assert!(args.contains(",stat_cache_expire=1,"), "{args}");
+        assert!(!args.contains("enable_noobj_cache"), "{args}");
         let s = spec(&[("bucket", "abc"), ("compat-dir", "false")]);
         let args = m.s3fs_args(&s, "n", Path::new("/m/.s3fs/n")).join(" ");
         assert!(args.contains(",notsup_compat_dir"), "{args}");
+        let s = spec(&[("bucket", "abc"), ("negative-cache", "true")]);
+        let args = m.s3fs_args(&s, "n", Path::new("/m/.s3fs/n")).join(" ");
+        assert!(args.contains(",enable_noobj_cache"), "{args}");
     }
 
     /// The FUSE mount options (`-o a,b,c`) of the s3fs started for `pairs`.

@@ -16,8 +16,10 @@ use support::*;
 /// README "Freshness across nodes": a new name after a miss, an overwrite, a delete and a
 /// rename are seen by open() on every node within 1 s.
 const BOUND: Duration = Duration::from_secs(1);
-/// What a check may take beyond the bound: the store's answer and the poll's own step.
-const MARGIN: Duration = Duration::from_millis(500);
+/// What a check may take beyond the bound: the store's answer and the poll's own step, which
+/// on a loaded 2-core CI machine queue behind the other tests (a delete was seen after 1.29 s
+/// on a loaded machine here). The old defaults never show a polled new name, so it still bites.
+const MARGIN: Duration = Duration::from_secs(1);
 /// README: stat() (sizes in `ls -l`, a deleted name) within `stat-cache-expire` (1 s by
 /// default) plus the kernel's 1 s attribute cache.
 const STAT_BOUND: Duration = Duration::from_secs(2);

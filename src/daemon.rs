@@ -60,6 +60,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         mount_timeout: Duration::from_secs(args.mount_timeout),
         program: args.s3fs.clone(),
         min_disk_free: args.min_disk_free,
+        max_mounts: args.max_mounts,
         name_key,
     });
     let checker = Box::new(S3Checker {
@@ -87,6 +88,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         let d = Arc::clone(&driver);
         let registry = crate::metrics::registry(crate::metrics::Sources {
             volumes: Box::new(move || d.list()),
+            max_mounts: args.max_mounts,
             shared_root: args.mount_root.join(crate::mounter::s3fs::SHARED_DIR),
             s3fs_program: Path::new(&args.s3fs)
                 .file_name()

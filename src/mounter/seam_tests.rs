@@ -455,3 +455,32 @@ async fn max_mounts_refuses_one_more_s3fs_but_never_a_join_and_frees_its_place()
     r.mount("e", &[("bucket", "be-bucket")]).await;
     assert_eq!(spawns(), 5);
 }
+
+#[tokio::test]
+async fn a_round_of_probes_reads_the_mount_table_once() {
+    let r = Rig::new(T);
+    for (v, b) in [("a", "aa-bucket"), ("b", "bb-bucket"), ("c", "cc-bucket")] {
+        r.mount(v, &[("bucket", b)]).await;
+    }
+    let reads = || {
+        r.fake()
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, Call::Mounts))
+            .count()
+    };
+    let before = reads();
+    for v in ["a", "b", "c", "a", "b", "c"] {
+        assert_eq!(r.m.probe(&r.target(v)).await, Health::Ok);
+    }
+    assert!(reads() - before <= 1, "{} readings", reads() - before);
+    // A target missing from the shared reading is looked up afresh: one mounted since is ok.
+    r.mount("d", &[("bucket", "dd-bucket")]).await;
+    assert_eq!(r.m.probe(&r.target("d")).await, Health::Ok);
+    // One unmounted behind the daemon's back is stale at the latest once the reading is older
+    // than its age (the next health round).
+    r.sys.inner.unmount(&r.target("c")).unwrap();
+    tokio::time::sleep(PROBE_TABLE_AGE).await;
+    assert_eq!(r.m.probe(&r.target("c")).await, Health::Stale);
+    assert_eq!(r.m.probe(&r.target("a")).await, Health::Ok);
+}

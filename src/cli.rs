@@ -78,6 +78,11 @@ pub struct ServeArgs {
     /// multipart-size free to start.
     #[arg(long, env = "BAI_S3_MIN_DISK_FREE", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     pub min_disk_free: u64,
+    /// Most s3fs processes (distinct buckets and settings) mounted at once; a Mount that
+    /// would start one more fails, while more volumes of a mounted bucket are always served.
+    /// 0: no limit.
+    #[arg(long, env = "BAI_S3_MAX_MOUNTS", default_value_t = 0)]
+    pub max_mounts: usize,
     /// Log level: error, warn, info, debug, trace (or a tracing filter).
     #[arg(long, env = "BAI_S3_LOG_LEVEL", default_value = "info")]
     pub log_level: String,

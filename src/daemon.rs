@@ -30,8 +30,27 @@ pub fn init_logging(level: &str, format: LogFormat) -> Result<(), String> {
     Ok(())
 }
 
+/// Raise the soft limit of open files to the hard one. The daemon holds a pidfd and a child
+/// watcher per s3fs, so hundreds of buckets pass the soft limit of 1024 that containers get by
+/// default (Docker 25 and later) and every further Mount would fail with EMFILE; Go programs
+/// (rclone) raise it the same way at start. Children inherit it: s3fs itself needs few.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "open files limit raised"),
+            Err(e) => {
+                tracing::warn!(soft, hard, error = %e, "cannot raise the open files limit")
+            }
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open files limit"),
+    }
+}
+
 /// Run `bai-s3 serve` until SIGTERM or SIGINT.
 pub async fn serve(args: ServeArgs) -> Result<(), String> {
+    raise_open_files_limit();
     // Before anything is written: folders that are links, not root's, or open to others are
     // refused as they are (never chmod-ed); missing ones are made 0700.
     crate::fsutil::check_layout(&args.state_dir, &args.mount_root, &args.config)
@@ -62,6 +81,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         mount_timeout: Duration::from_secs(args.mount_timeout),
         program: args.s3fs.clone(),
         min_disk_free: args.min_disk_free,
+        max_mounts: args.max_mounts,
         name_key,
     });
     let checker = Box::new(S3Checker {
@@ -89,6 +109,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         let d = Arc::clone(&driver);
         let registry = crate::metrics::registry(crate::metrics::Sources {
             volumes: Box::new(move || d.list()),
+            max_mounts: args.max_mounts,
             shared_root: args.mount_root.join(crate::mounter::s3fs::SHARED_DIR),
             s3fs_program: Path::new(&args.s3fs)
                 .file_name()

@@ -89,7 +89,7 @@ struct Static {
 
 /// The `cause` label values of `bai_s3_mount_failures_total` (see [`failure_cause`]).
 const CAUSES: &[&str] = &[
-    "backend", "s3fs", "timeout", "prefix", "system", "state", "other",
+    "backend", "s3fs", "timeout", "prefix", "system", "limit", "state", "other",
 ];
 
 static STATIC: LazyLock<Static> = LazyLock::new(|| {
@@ -140,6 +140,7 @@ pub fn failure_cause(e: &Error) -> &'static str {
             Cause::Timeout => "timeout",
             Cause::Prefix => "prefix",
             Cause::System => "system",
+            Cause::Limit => "limit",
         },
         _ => "other",
     }
@@ -187,6 +188,8 @@ pub struct Sources {
     pub shared_root: PathBuf,
     /// The s3fs program's file name, as it appears in `/proc/PID/cmdline`.
     pub s3fs_program: String,
+    /// `--max-mounts` (0: no limit), shown next to the count of s3fs processes it limits.
+    pub max_mounts: usize,
 }
 
 impl std::fmt::Debug for Sources {
@@ -194,6 +197,7 @@ impl std::fmt::Debug for Sources {
         f.debug_struct("Sources")
             .field("shared_root", &self.shared_root)
             .field("s3fs_program", &self.s3fs_program)
+            .field("max_mounts", &self.max_mounts)
             .finish_non_exhaustive()
     }
 }
@@ -283,6 +287,12 @@ impl Collector for Live {
         )?;
         gauge(
             &mut encoder,
+            "bai_s3_max_mounts",
+            "The most s3fs processes this daemon starts (--max-mounts); 0: no limit.",
+            as_gauge(self.0.max_mounts as u64),
+        )?;
+        gauge(
+            &mut encoder,
             "bai_s3_s3fs_resident_memory_bytes",
             "Resident memory of those s3fs processes together, in bytes.",
             as_gauge(rss),
@@ -311,7 +321,11 @@ pub fn registry(sources: Sources) -> Registry {
     );
     r.register(
         "bai_s3_mount_failures",
-        "Mount attempts that failed, by cause: backend, s3fs, timeout, system, state, other",
+        // From the same list as the labels, so the two never disagree.
+        format!(
+            "Mount attempts that failed, by cause: {}",
+            CAUSES.join(", ")
+        ),
         STATIC.mount_failures.clone(),
     );
     for (name, help, counter) in [
@@ -506,6 +520,14 @@ mod tests {
                 },
                 "system",
             ),
+            (
+                MountError::Limit {
+                    bucket: "b".into(),
+                    mounted: 2,
+                    max: 2,
+                },
+                "limit",
+            ),
         ];
         for (e, cause) in cases {
             let shown = e.to_string();
@@ -557,6 +579,7 @@ mod tests {
             volumes: Box::new(Vec::new),
             shared_root: PathBuf::from("/nonexistent/.s3fs"),
             s3fs_program: "s3fs".into(),
+            max_mounts: 7,
         });
         record_call("/VolumeDriver.Get", false, Duration::from_millis(3));
         let mut body = String::new();
@@ -574,6 +597,9 @@ mod tests {
             "bai_s3_mounts{health=\"stale\"} 0",
             "bai_s3_s3fs_processes 0",
             "bai_s3_s3fs_resident_memory_bytes 0",
+            "bai_s3_max_mounts 7",
+            "bai_s3_mount_failures_total{cause=\"limit\"} 0",
+            "by cause: backend, s3fs, timeout, prefix, system, limit, state, other",
             "bai_s3_build_info{version=",
         ] {
             assert!(body.contains(line), "{line:?} missing in:\n{body}");

@@ -57,6 +57,7 @@ pub const ALLOWED_KEYS: &[&str] = &[
     "parallel-count",
     "multipart-size",
     "stat-cache-expire",
+    "negative-cache",
     "compat-dir",
 ];
 
@@ -125,8 +126,15 @@ pub struct Tuning {
     pub parallel_count: u32,
     /// Part size in MiB for multipart uploads (s3fs `multipart_size`).
     pub multipart_size: u32,
-    /// Seconds a file's metadata stays cached (s3fs `stat_cache_expire`).
+    /// Seconds a file's metadata stays cached (s3fs `stat_cache_expire`): how stale `stat()`
+    /// and `ls -l` may be about what another node or S3 client wrote. `open()` asks the store
+    /// again whatever this is (s3fs drops a file's cached metadata at each open).
     pub stat_cache_expire: u32,
+    /// Remember names that were looked up and missing (s3fs `enable_noobj_cache`). Off by
+    /// default: s3fs renews such an entry at every lookup, so a name something polls for that
+    /// another writer then uploads would stay missing for as long as the polling goes on.
+    #[serde(default)]
+    pub negative_cache: bool,
     /// Recognise folders that other S3 clients made without a `dir/` object. Off (s3fs
     /// `notsup_compat_dir`) spares s3fs its probes for other folder spellings on every lookup
     /// of a missing name, which every file creation starts with: for buckets written only
@@ -140,7 +148,8 @@ impl Default for Tuning {
             cache: false,
             parallel_count: 8,
             multipart_size: 16,
-            stat_cache_expire: 30,
+            stat_cache_expire: 1,
+            negative_cache: false,
             compat_dir: true,
         }
     }
@@ -186,6 +195,7 @@ impl VolumeOptions {
                 "stat-cache-expire" => {
                     o.tuning.stat_cache_expire = parse_range("stat-cache-expire", value, 0, 86400)?
                 }
+                "negative-cache" => o.tuning.negative_cache = parse_bool("negative-cache", value)?,
                 "compat-dir" => o.tuning.compat_dir = parse_bool("compat-dir", value)?,
                 other => {
                     let lower = other.to_ascii_lowercase();
@@ -238,6 +248,10 @@ impl VolumeOptions {
         m.insert(
             "stat-cache-expire".into(),
             self.tuning.stat_cache_expire.to_string(),
+        );
+        m.insert(
+            "negative-cache".into(),
+            self.tuning.negative_cache.to_string(),
         );
         m.insert("compat-dir".into(), self.tuning.compat_dir.to_string());
         m
@@ -449,6 +463,9 @@ mod tests {
         assert_eq!(o.prefix, None);
         assert!(!o.ro && !o.create_bucket);
         assert_eq!((o.uid, o.gid, o.umask), (0, 0, 0o022));
+        // Bounded staleness by default: metadata for 1 s, no memory of missing names.
+        assert_eq!(o.tuning.stat_cache_expire, 1);
+        assert!(!o.tuning.negative_cache);
     }
 
     #[test]
@@ -466,6 +483,7 @@ mod tests {
             ("parallel-count", "16"),
             ("multipart-size", "32"),
             ("stat-cache-expire", "0"),
+            ("negative-cache", "true"),
             ("compat-dir", "false"),
         ])
         .unwrap();
@@ -477,6 +495,7 @@ mod tests {
         assert_eq!(o.tuning.parallel_count, 16);
         assert_eq!(o.tuning.multipart_size, 32);
         assert_eq!(o.tuning.stat_cache_expire, 0);
+        assert!(o.tuning.negative_cache);
         assert!(!o.tuning.compat_dir);
     }
 
@@ -593,6 +612,11 @@ mod tests {
         assert!(parse(&[("parallel-count", "0")]).is_err());
         assert!(parse(&[("multipart-size", "4")]).is_err());
         assert!(parse(&[("ro", "maybe")]).is_err());
+        let e = parse(&[("negative-cache", "sometimes")]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid value \"sometimes\" for volume option \"negative-cache\": true or false"
+        );
     }
 
     #[test]

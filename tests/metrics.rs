@@ -399,3 +399,113 @@ fn the_health_check_counts_its_repairs() {
     });
     d.remove(&vol).unwrap();
 }
+
+#[test]
+#[cfg_attr(
+    not(all(bai_s3_integration, bai_s3_promtool)),
+    ignore = "needs root, FUSE, s3fs, SeaweedFS, promtool"
+)]
+fn max_mounts_refuses_a_third_bucket_but_not_a_join_and_shows_the_limit() {
+    let test = "max_mounts_refuses_a_third_bucket_but_not_a_join_and_shows_the_limit";
+    if !promtool_present(test) {
+        return;
+    }
+    let Some((s3, d)) = setup_with(
+        test,
+        &[
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--health-interval",
+            "3600",
+            "--max-mounts",
+            "2",
+        ],
+    ) else {
+        return;
+    };
+    let secrets = [s3.secret_key.as_str()];
+    let port = metrics_port(&d);
+    let body = scrape(port, &secrets);
+    assert_eq!(value(&body, "bai_s3_max_mounts"), 2.0);
+    assert_eq!(failures(&body, "limit"), 0.0);
+    let warning = "90 % of --max-mounts";
+    let warnings = || d.logs().matches(warning).count();
+
+    let buckets = [
+        new_bucket(s3, "limit-a"),
+        new_bucket(s3, "limit-b"),
+        new_bucket(s3, "limit-c"),
+    ];
+    let vols = [
+        unique_name("limit-a"),
+        unique_name("limit-b"),
+        unique_name("limit-c"),
+    ];
+    for (v, b) in vols.iter().zip(&buckets) {
+        create_ok(&d, v, &[("bucket", b)]);
+    }
+    let a2 = unique_name("limit-a2");
+    create_ok(&d, &a2, &[("bucket", &buckets[0]), ("prefix", "two")]);
+    let ids = [new_id(), new_id(), new_id(), new_id()];
+    mount_ok(&d, &vols[0], &ids[0]);
+    assert_eq!(warnings(), 0, "{}", d.logs_tail(20));
+    mount_ok(&d, &vols[1], &ids[1]);
+    // Two of two: at 90 %, said once.
+    assert_eq!(warnings(), 1, "{}", d.logs_tail(20));
+
+    // The third bucket would need a third s3fs: refused with the limit, the count and the
+    // setting, and nothing of it is left.
+    let err = d
+        .mount(&vols[2], &ids[2])
+        .expect_err("a Mount over --max-mounts");
+    for word in [
+        buckets[2].as_str(),
+        "2 of at most 2",
+        "--max-mounts",
+        "BAI_S3_MAX_MOUNTS",
+    ] {
+        assert!(err.contains(word), "{word:?} not in: {err}");
+    }
+    assert_eq!(d.s3fs_pids().len(), 2, "{:?}", d.s3fs_pids());
+    assert!(!d.mountpoint_of(&vols[2]).exists());
+    assert!(
+        !d.mounts()
+            .iter()
+            .any(|m| m.mount_point.to_string_lossy().contains(&buckets[2])),
+        "{:?}",
+        d.mounts()
+    );
+    let st = status(&d, &vols[2]);
+    assert_eq!((holders(&st), mounted(&st)), (0, false), "{st}");
+    let body = scrape(port, &secrets);
+    assert_eq!(failures(&body, "limit"), 1.0);
+    assert_eq!(gauges(&body), (4.0, 2.0, 2.0, 0.0, 2.0));
+    assert_eq!(warnings(), 1, "warned again without a crossing");
+
+    // Another volume of a mounted bucket joins its s3fs: never limited.
+    let mp = mount_ok(&d, &a2, &ids[3]);
+    std::fs::write(mp.join("f"), b"joined").unwrap();
+    assert_eq!(d.s3fs_pids().len(), 2);
+
+    // A bucket's last volume leaves: the third bucket mounts, and 90 % is crossed again.
+    unmount_ok(&d, &vols[1], &ids[1]);
+    let freed = poll(Duration::from_secs(10), || {
+        (d.s3fs_pids().len() == 1).then_some(())
+    });
+    assert!(freed.is_some(), "{:?}", d.s3fs_pids());
+    let mp = mount_ok(&d, &vols[2], &ids[2]);
+    std::fs::write(mp.join("f"), b"third").unwrap();
+    assert_eq!(d.s3fs_pids().len(), 2);
+    assert_eq!(warnings(), 2, "{}", d.logs_tail(20));
+    let body = scrape(port, &secrets);
+    assert_eq!(failures(&body, "limit"), 1.0);
+    assert_eq!(value(&body, "bai_s3_max_mounts"), 2.0);
+
+    for (v, id) in [(&vols[0], &ids[0]), (&a2, &ids[3]), (&vols[2], &ids[2])] {
+        unmount_ok(&d, v, id);
+    }
+    wait_all_unmounted(&d);
+    for v in vols.iter().chain([&a2]) {
+        d.remove(v).unwrap();
+    }
+}

@@ -126,7 +126,7 @@ fn bare_s3fs_cold(env: &Env, bucket: &str, dir: &Path) -> Res<Duration> {
 
 /// Cold Mount: Create, Mount (s3fs start / FUSE ready), list the root. Unmount, Remove.
 /// Returns (Mount reply, Mount reply + root listed).
-fn cold_mount(p: &mut Plugin, vol: &str, opts: &[(&str, String)]) -> Res<(Duration, Duration)> {
+pub fn cold_mount(p: &mut Plugin, vol: &str, opts: &[(&str, String)]) -> Res<(Duration, Duration)> {
     p.create(vol, opts)?;
     let t = Instant::now();
     let mp = p.mount(vol, "cold")?;

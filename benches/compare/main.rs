@@ -4,6 +4,9 @@
 //! `target/bench/compare.json`.
 //!
 //! `BAI_S3_BENCH_QUICK=1`: 128 MiB file, 1000 small files, 200 hot Mounts (a few minutes).
+//! `BAI_S3_BENCH_ONLY=scale`, `=small` or `=buckets`: only that scenario (small: with its
+//! tuning sweep). `BAI_S3_BENCH_BUCKETS=1000`: the numbers of buckets of the buckets section
+//! (default 100, 300, 1000; quick 20, 100; `knobs`: only its s3fs settings).
 //! `BAI_S3_BENCH_TUNE="parallel-count=16,multipart-size=32;cache=true"`: extra bai-s3 volume
 //! option sets to measure on the data path (`;` between sets); without it, a built-in list is
 //! tried when the default tuning misses a data-path goal.
@@ -22,6 +25,7 @@ use std::time::{Duration, Instant};
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
+mod buckets;
 mod churn;
 mod client;
 mod cold;
@@ -114,9 +118,24 @@ fn run(sz: &Sizes) -> Res<()> {
     let report = report::Report::header(sz, &machine::Machine::collect());
     eprintln!("{}", report.markdown);
     let env = Env::start(&work)?;
-    if std::env::var("BAI_S3_BENCH_ONLY").is_ok_and(|v| v == "scale") {
+    let only = std::env::var("BAI_S3_BENCH_ONLY").unwrap_or_default();
+    if only == "scale" {
         let sc = scale::run(&env, sz)?;
         return report.scale_only(&sc).write();
+    }
+    if only == "small" {
+        say("starting bai-s3 and rclone serve docker");
+        let mut bai = start_bai(&env, "bai", &[])?;
+        let mut rc = start_rclone(&env, "rclone")?;
+        let small = small::run(&mut bai, &mut rc, sz)?;
+        let tune = tuning::small(&env, &mut bai, &small, sz)?;
+        stop_rclone(rc, &env, "rclone");
+        bai.stop();
+        return report.small_only(sz, &small, &tune).write();
+    }
+    if only == "buckets" {
+        let bk = buckets::run(&env, sz)?;
+        return report.buckets_only(&bk).write();
     }
 
     say("starting bai-s3 and rclone serve docker");
@@ -135,6 +154,7 @@ fn run(sz: &Sizes) -> Res<()> {
     stop_rclone(rc, &env, "rclone");
     bai.stop();
     let scale = scale::run(&env, sz)?;
+    let buckets = buckets::run(&env, sz)?;
 
     let results = report::Results {
         hot,
@@ -147,6 +167,7 @@ fn run(sz: &Sizes) -> Res<()> {
         tune_data,
         tune_small,
         scale,
+        buckets,
     };
     report.full(sz, &results).write()
 }

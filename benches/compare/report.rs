@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
+use crate::buckets::{self, Buckets};
 use crate::churn::Churn;
 use crate::cold::{self, ColdMount, Runs};
 use crate::fan::{self, FanIn};
@@ -49,6 +50,7 @@ pub struct Results {
     pub tune_data: Vec<SeqTune>,
     pub tune_small: Vec<SmallTune>,
     pub scale: Scale,
+    pub buckets: Buckets,
 }
 
 /// The report so far: its markdown and its JSON object.
@@ -67,6 +69,18 @@ struct Sheet {
 impl Sheet {
     fn row(&mut self, a: &str, b: String, c: String, d: String, e: String, f: String) {
         self.rows.push([a.to_string(), b, c, d, e, f]);
+    }
+
+    /// The main table, after a blank line.
+    fn main_table(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "\n| measure | bai-s3 | rclone | reference | ratio | goal |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|");
+        for r in &self.rows {
+            let _ = writeln!(out, "| {} |", r.join(" | "));
+        }
     }
 
     fn goal(&mut self, what: impl Into<String>, met: bool, detail: String) {
@@ -131,6 +145,37 @@ impl Report {
         self
     }
 
+    /// `BAI_S3_BENCH_ONLY=small`: the header, the small files' rows and their tuning sweep.
+    pub fn small_only(mut self, sz: &Sizes, sm: &SmallFiles, tune: &[SmallTune]) -> Report {
+        let j = &mut self.json;
+        j.insert(
+            "small_files".into(),
+            json!({"files": sm.files, "bytes_each": small::BYTES_EACH, "cap_secs": sm.cap.as_secs(),
+                   "bai_s3": small_json(&sm.bai), "rclone": small_json(&sm.rclone)}),
+        );
+        let mut s = Sheet::default();
+        small_rows(&mut s, sz, sm);
+        let rows = tune_small(j, tune, sm);
+        let out = &mut self.markdown;
+        s.main_table(out);
+        if !rows.is_empty() {
+            out.push('\n');
+            small_table(out, &rows);
+        }
+        for g in &s.goals {
+            let _ = writeln!(out, "\n{}", g.line());
+        }
+        self
+    }
+
+    /// `BAI_S3_BENCH_ONLY=buckets`: the header and the buckets section.
+    pub fn buckets_only(mut self, bk: &Buckets) -> Report {
+        self.json.insert("buckets".into(), buckets_json(bk));
+        self.markdown
+            .push_str(&buckets_markdown(bk, &buckets_goals(bk)));
+        self
+    }
+
     /// A full run: the header, then every scenario.
     pub fn full(mut self, sz: &Sizes, r: &Results) -> Report {
         let j = &mut self.json;
@@ -146,16 +191,12 @@ impl Report {
         let scale_goals = scale_goals(&r.scale);
         j.insert("scale".into(), scale_json(&r.scale));
         s.goals.extend(scale_goals.iter().cloned());
+        let buckets_goals = buckets_goals(&r.buckets);
+        j.insert("buckets".into(), buckets_json(&r.buckets));
+        s.goals.extend(buckets_goals.iter().cloned());
 
         let out = &mut self.markdown;
-        let _ = writeln!(
-            out,
-            "\n| measure | bai-s3 | rclone | reference | ratio | goal |"
-        );
-        let _ = writeln!(out, "|---|---|---|---|---|---|");
-        for r in &s.rows {
-            let _ = writeln!(out, "| {} |", r.join(" | "));
-        }
+        s.main_table(out);
         if !tune_rows.is_empty() {
             let _ = writeln!(out, "\nbai-s3 data path with other volume options (same file, bucket bench-tune; % of raw S3):\n");
             let _ = writeln!(out, "| options | seq write | seq read | goals |");
@@ -171,11 +212,7 @@ impl Report {
                 sz.small,
                 r.small.rclone.total()
             );
-            let _ = writeln!(out, "| options | create | list | read | total |");
-            let _ = writeln!(out, "|---|---|---|---|---|");
-            for r in &small_rows {
-                let _ = writeln!(out, "{r}");
-            }
+            small_table(out, &small_rows);
         }
         let _ = writeln!(out, "\nGoals:\n");
         let mut gj = Vec::new();
@@ -191,6 +228,7 @@ impl Report {
         }
         j.insert("notes".into(), json!(notes));
         out.push_str(&scale_markdown(&r.scale, &scale_goals));
+        out.push_str(&buckets_markdown(&r.buckets, &buckets_goals));
         self
     }
 
@@ -455,6 +493,22 @@ fn data_path(s: &mut Sheet, j: &mut Map<String, Value>, sz: &Sizes, d: &DataPath
         format!("{:.0}% of raw", 100.0 * br / raw_rm),
         "≥ 70% of raw".into(),
     );
+    s.goal(
+        "Data path: sequential read ≥ 70% of raw S3",
+        d.read_ok(),
+        format!("{br:.0} of {raw_rm:.0} MiB/s ({:.0}%)", 100.0 * br / raw_rm),
+    );
+    s.goal(
+        "Data path: sequential write ≥ 50% of raw S3",
+        d.write_ok(),
+        format!("{bw:.0} of {raw_wm:.0} MiB/s ({:.0}%)", 100.0 * bw / raw_wm),
+    );
+    small_rows(s, sz, sm);
+}
+
+/// The small files' rows and goal (in the data path's part of the table).
+fn small_rows(s: &mut Sheet, sz: &Sizes, sm: &SmallFiles) {
+    let (smb, smr) = (&sm.bai, &sm.rclone);
     for (label, b, r) in [
         ("create", smb.create, smr.create),
         ("list", smb.list, smr.list),
@@ -477,16 +531,6 @@ fn data_path(s: &mut Sheet, j: &mut Map<String, Value>, sz: &Sizes, d: &DataPath
         "".into(),
         format!("{small_ratio:.2}× rclone"),
         "≤ 1× rclone".into(),
-    );
-    s.goal(
-        "Data path: sequential read ≥ 70% of raw S3",
-        d.read_ok(),
-        format!("{br:.0} of {raw_rm:.0} MiB/s ({:.0}%)", 100.0 * br / raw_rm),
-    );
-    s.goal(
-        "Data path: sequential write ≥ 50% of raw S3",
-        d.write_ok(),
-        format!("{bw:.0} of {raw_wm:.0} MiB/s ({:.0}%)", 100.0 * bw / raw_wm),
     );
     s.goal(
         format!("{} small files no slower than rclone defaults", sz.small),
@@ -529,6 +573,15 @@ fn tune_data(j: &mut Map<String, Value>, sets: &[SeqTune], d: &DataPath) -> Vec<
     }
     j.insert("tuning_sweep".into(), Value::Array(tune_json));
     tune_rows
+}
+
+/// The small-files sweep's table.
+fn small_table(out: &mut String, rows: &[String]) {
+    let _ = writeln!(out, "| options | create | list | read | total |");
+    let _ = writeln!(out, "|---|---|---|---|---|");
+    for r in rows {
+        let _ = writeln!(out, "{r}");
+    }
 }
 
 /// The small-files sweep's JSON and its table's rows.
@@ -678,4 +731,154 @@ fn scale_json(sc: &Scale) -> Value {
         "volumes": sc.store.volumes,
         "not_durable_p50_ms": n50, "not_durable_p99_ms": n99,
         "durable_p50_ms": d50, "durable_p99_ms": d99}})
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn buckets_goals(bk: &Buckets) -> Vec<Goal> {
+    let (Some(first), Some(last)) = (bk.at.first(), bk.at.last()) else {
+        return Vec::new();
+    };
+    let per = mib(last.bai.mem.pss) / last.n as f64;
+    let (_, h_first) = buckets::p50_p99(&first.bai.hot);
+    let (_, h_last) = buckets::p50_p99(&last.bai.hot);
+    let (l_first, _) = buckets::p50_p99(&first.bai.list);
+    let (l_last, _) = buckets::p50_p99(&last.bai.list);
+    vec![
+        Goal {
+            what: format!("Buckets: PSS per bucket at {} ≤ 1.5 MiB", last.n),
+            met: per <= 1.5,
+            detail: format!(
+                "{per:.2} MiB (rclone {:.2} MiB)",
+                mib(last.rclone.mem.pss) / last.n as f64
+            ),
+        },
+        Goal {
+            what: format!(
+                "Buckets: hot Mount p99 at {} mounted ≤ 1.5 × at {}",
+                last.n, first.n
+            ),
+            met: h_last <= 1.5 * h_first,
+            detail: format!(
+                "{h_last:.3} ms vs {h_first:.3} ms ({:.2}×)",
+                h_last / h_first
+            ),
+        },
+        Goal {
+            what: format!(
+                "Buckets: List p50 at {} mounted ≤ 1.5 × at {}",
+                last.n, first.n
+            ),
+            met: l_last <= 1.5 * l_first,
+            detail: format!(
+                "{l_last:.3} ms vs {l_first:.3} ms ({:.2}×)",
+                l_last / l_first
+            ),
+        },
+    ]
+}
+
+fn buckets_markdown(bk: &Buckets, goals: &[Goal]) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "\nBuckets (N distinct buckets mounted at once, one volume and ID each; fresh daemons per N; bai-s3 / rclone, ratio bai-s3 ÷ rclone; PSS from smaps_rollup; {} cold Mounts of other buckets and {} hot Mounts with N mounted; idle CPU over {} s with --health-interval {}):\n", bk.cold_runs, bk.hot, buckets::IDLE_SECS, buckets::HEALTH);
+    let _ = writeln!(md, "| N | PSS all | PSS per bucket | bai-s3 daemon PSS | mount all N | cold Mount p50 / p99 | hot Mount p50 / p99 | Get p50 | List p50 | idle CPU (bai-s3: daemon, with s3fs) | daemon fds / threads |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
+    for a in &bk.at {
+        let (b, r) = (&a.bai, &a.rclone);
+        let n = a.n as f64;
+        let (bc50, bc99) = buckets::p50_p99(&b.cold);
+        let (rc50, rc99) = buckets::p50_p99(&r.cold);
+        let (bh50, bh99) = buckets::p50_p99(&b.hot);
+        let (rh50, rh99) = buckets::p50_p99(&r.hot);
+        let (bg, _) = buckets::p50_p99(&b.get);
+        let (rg, _) = buckets::p50_p99(&r.get);
+        let (bl, _) = buckets::p50_p99(&b.list);
+        let (rl, _) = buckets::p50_p99(&r.list);
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} / {:.0} MiB ({:.2}×) | {:.2} / {:.2} MiB | {:.1} MiB | {:.2} / {:.2} s ({:.1}×) | {:.1} / {:.1} vs {:.1} / {:.1} ms ({:.2}×) | {:.3} / {:.3} vs {:.3} / {:.3} ms | {:.3} vs {:.3} ms | {:.3} vs {:.3} ms | {:.2} %, {:.2} % vs {:.2} % | {} / {} vs {} / {} |",
+            a.n,
+            mib(b.mem.pss),
+            mib(r.mem.pss),
+            b.mem.pss as f64 / r.mem.pss.max(1) as f64,
+            mib(b.mem.pss) / n,
+            mib(r.mem.pss) / n,
+            mib(b.daemon.pss),
+            b.mount_all.as_secs_f64(),
+            r.mount_all.as_secs_f64(),
+            b.mount_all.as_secs_f64() / r.mount_all.as_secs_f64().max(1e-9),
+            bc50, bc99, rc50, rc99, bc50 / rc50.max(1e-9),
+            bh50, bh99, rh50, rh99,
+            bg, rg, bl, rl,
+            b.cpu_daemon, b.cpu_all, r.cpu_daemon,
+            b.fds, b.threads, r.fds, r.threads
+        );
+    }
+    for a in &bk.at {
+        if let Some(note) = &a.rclone.note {
+            let _ = writeln!(
+                md,
+                "\nAt {}: {note}; its later measures are missing (NaN).",
+                a.n
+            );
+        }
+    }
+    let _ = writeln!(md, "\ns3fs's own memory by setting ({} bare s3fs 1.90 at once on as many buckets, mounted and listed; per s3fs; the daemon's default options plus the one setting):\n", buckets::KNOB_S3FS);
+    let _ = writeln!(
+        md,
+        "| setting | PSS | private | private vs the daemon's options |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|");
+    let base = bk.knobs.first().map(|k| k.mem.private).unwrap_or(0).max(1);
+    for k in &bk.knobs {
+        match &k.failed {
+            Some(e) => {
+                // s3fs's last line only: the table keeps one line per row.
+                let said = e.lines().last().unwrap_or("").replace('|', "/");
+                let _ = writeln!(md, "| {} | s3fs did not start: {said} | | |", k.name);
+            }
+            None => {
+                let _ = writeln!(
+                    md,
+                    "| {} | {:.2} MiB | {:.2} MiB | {:.2}× |",
+                    k.name,
+                    mib(k.mem.pss),
+                    mib(k.mem.private),
+                    k.mem.private as f64 / base as f64
+                );
+            }
+        }
+    }
+    let _ = writeln!(md, "\nBuckets goals:\n");
+    for g in goals {
+        let _ = writeln!(md, "{}", g.line());
+    }
+    md
+}
+
+fn buckets_json(bk: &Buckets) -> Value {
+    let side = |s: &buckets::Side| {
+        let (c50, c99) = buckets::p50_p99(&s.cold);
+        let (h50, h99) = buckets::p50_p99(&s.hot);
+        json!({"pss_kib": s.mem.pss, "private_kib": s.mem.private, "daemon_pss_kib": s.daemon.pss,
+            "processes": s.processes, "mount_all_s": s.mount_all.as_secs_f64(),
+            "cold_mount_p50_ms": c50, "cold_mount_p99_ms": c99,
+            "hot_mount_p50_ms": h50, "hot_mount_p99_ms": h99,
+            "get_p50_ms": buckets::p50_p99(&s.get).0, "list_p50_ms": buckets::p50_p99(&s.list).0,
+            "idle_cpu_daemon_pct": s.cpu_daemon, "idle_cpu_all_pct": s.cpu_all,
+            "fds": s.fds, "threads": s.threads, "note": s.note})
+    };
+    let at: Vec<Value> = bk
+        .at
+        .iter()
+        .map(|a| json!({"buckets": a.n, "bai": side(&a.bai), "rclone": side(&a.rclone)}))
+        .collect();
+    let knobs: Vec<Value> = bk
+        .knobs
+        .iter()
+        .map(|k| json!({"setting": k.name, "pss_kib": k.mem.pss, "private_kib": k.mem.private, "refused": k.failed}))
+        .collect();
+    json!({"at": at, "knobs": knobs, "cold_runs": bk.cold_runs, "hot_mounts": bk.hot, "knob_s3fs": buckets::KNOB_S3FS})
 }

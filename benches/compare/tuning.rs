@@ -76,7 +76,13 @@ pub fn small(env: &Env, bai: &mut Bai, sm: &SmallFiles, sz: &Sizes) -> Res<Vec<S
     let sets = sets(
         "BAI_S3_BENCH_TUNE_SMALL",
         sm.ratio() > 1.0,
-        &["compat-dir=false", "cache=true", "stat-cache-expire=300"],
+        &[
+            "compat-dir=false",
+            "cache=true",
+            "stat-cache-expire=300",
+            // The defaults before bounded staleness (issue 18), to show what freshness costs.
+            "stat-cache-expire=30,negative-cache=true",
+        ],
     );
     let mut out = Vec::new();
     for (i, set) in sets.iter().enumerate() {
@@ -121,6 +127,7 @@ const ALLOWED: &[&str] = &[
     "parallel-count",
     "multipart-size",
     "stat-cache-expire",
+    "negative-cache",
     "compat-dir",
     "ro",
     "uid",

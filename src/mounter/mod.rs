@@ -79,6 +79,14 @@ pub enum MountError {
     /// The work behind a Mount that had already been answered with [`MountError::Deadline`].
     #[error("the mount was given up at its deadline")]
     GivenUp,
+    /// Starting one more s3fs would pass the operator's `--max-mounts`; joining a running one
+    /// is never refused.
+    #[error("bucket {bucket:?} needs an s3fs of its own, but {mounted} of at most {max} are mounted on this host (--max-mounts, BAI_S3_MAX_MOUNTS); unmount another bucket's volumes or raise the limit")]
+    Limit {
+        bucket: String,
+        mounted: usize,
+        max: usize,
+    },
     #[error(transparent)]
     Prefix(#[from] resolve::PrefixError),
     #[error("the shared s3fs {name} runs with other settings than volume {volume:?} asks for; not joined")]
@@ -115,6 +123,8 @@ pub enum Cause {
     Prefix,
     /// A local step: folders, binds, the mount table.
     System,
+    /// The operator's `--max-mounts` was reached.
+    Limit,
 }
 
 impl MountError {
@@ -130,6 +140,7 @@ impl MountError {
             | MountError::Deadline { .. }
             | MountError::GivenUp => Cause::Timeout,
             MountError::Prefix(_) => Cause::Prefix,
+            MountError::Limit { .. } => Cause::Limit,
             MountError::OtherSettings { .. }
             | MountError::NotAView { .. }
             | MountError::StillMounted { .. }

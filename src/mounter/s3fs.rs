@@ -53,6 +53,10 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 const JOIN_GRACE: Duration = Duration::from_millis(200);
 /// How long adoption at start waits for a mount to answer (no answer: adopted as slow).
 const ADOPT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long health probes share one reading of the mount table. Reading it costs about 2 ms
+/// with 1,000 buckets mounted (2,000 entries) and every probe of a round needs it: read per
+/// probe, a round took seconds of CPU and held the runtime's workers meanwhile.
+const PROBE_TABLE_AGE: Duration = Duration::from_secs(1);
 
 /// Settings of the real mounter.
 #[derive(Debug, Clone)]
@@ -67,6 +71,8 @@ pub struct S3fsConfig {
     /// MiB that s3fs keeps free on the state folder's disk (its `ensure_diskfree`): staging
     /// files of open files and the cache stop growing there (`--min-disk-free`).
     pub min_disk_free: u64,
+    /// Most s3fs processes at once (`--max-mounts`); 0: no limit.
+    pub max_mounts: usize,
     /// Keys the hash of shared-mount names ([`fsutil::load_or_create_key`]).
     pub name_key: [u8; fsutil::KEY_LEN],
 }
@@ -117,9 +123,10 @@ impl Identity {
     /// hex digits>` when read-only), readable, the same in every run on this host (so a
     /// restarted daemon joins its mounts), and different for every other identity: the digits
     /// are HMAC-SHA256 (keyed with `key`) over every field, each length-prefixed, so no two
-    /// identities encode alike. A writable identity's fields are those of the versions before
-    /// read-only became part of the identity (its name is unchanged, so a daemon upgraded over
-    /// live mounts joins them); a read-only one has one field more.
+    /// identities encode alike. A read-only identity has one field more, so a writable one
+    /// hashes as it would without the read-only field. Live mounts of an earlier version are
+    /// adopted by the shared mount each volume's record keeps, whatever names this version
+    /// gives.
     pub fn name(&self, key: &[u8]) -> String {
         // HMAC takes a key of any length; `new_from_slice` cannot fail for it.
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key)
@@ -129,7 +136,7 @@ impl Identity {
             .ca_file
             .as_ref()
             .map(|p| format!("some:{}", p.display()));
-        let fields: [&[u8]; 18] = [
+        let fields: [&[u8]; 19] = [
             b"bai-s3 shared mount v2",
             self.backend.as_bytes(),
             self.endpoint.as_bytes(),
@@ -146,6 +153,7 @@ impl Identity {
             &t.parallel_count.to_be_bytes(),
             &t.multipart_size.to_be_bytes(),
             &t.stat_cache_expire.to_be_bytes(),
+            if t.negative_cache { b"1" } else { b"0" },
             if t.compat_dir { b"1" } else { b"0" },
             b"end",
         ];
@@ -312,6 +320,20 @@ pub struct S3fsMounter<S: Sys = Linux> {
     shared: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Shared<S>>>>>,
     /// Which shared mount each volume target is bound to, and that s3fs's liveness flag.
     targets: Mutex<HashMap<PathBuf, Binding<S>>>,
+    /// The shared mounts that take a place under `--max-mounts`.
+    slots: Mutex<Slots>,
+    /// The mount table as the health probes last read it (see [`PROBE_TABLE_AGE`]).
+    probe_table: Mutex<Option<(Instant, Arc<Vec<sys::MountEntry>>)>>,
+}
+
+/// The shared mounts with an s3fs (running, being started, or dead and not yet taken down):
+/// what `--max-mounts` counts. Kept apart from the per-mount locks so that a Mount checks the
+/// count without waiting for another bucket's start.
+#[derive(Default)]
+struct Slots {
+    names: HashSet<String>,
+    /// The 90 % warning was logged and the count has not fallen below 90 % since.
+    warned: bool,
 }
 
 impl S3fsMounter {
@@ -329,6 +351,66 @@ impl<S: Sys> S3fsMounter<S> {
             sys,
             shared: Mutex::new(HashMap::new()),
             targets: Mutex::new(HashMap::new()),
+            slots: Mutex::new(Slots::default()),
+            probe_table: Mutex::new(None),
+        }
+    }
+
+    /// The mount table for a health probe: read at most once per [`PROBE_TABLE_AGE`] for all
+    /// the probes of a round. Only a target found in it is taken as mounted; a miss is read
+    /// again, so that a mount made since is never called stale.
+    fn probe_table(&self) -> Arc<Vec<sys::MountEntry>> {
+        let mut cached = self.probe_table.lock().unwrap_or_else(|e| e.into_inner());
+        match &*cached {
+            Some((at, table)) if at.elapsed() < PROBE_TABLE_AGE => table.clone(),
+            _ => {
+                let table = Arc::new(self.sys.mounts());
+                *cached = Some((Instant::now(), table.clone()));
+                table
+            }
+        }
+    }
+
+    /// Take a place under `--max-mounts` for the shared mount `name` before its s3fs starts
+    /// (a mount that has one, e.g. a dead s3fs started again, keeps it).
+    fn claim_slot(&self, name: &str, bucket: &str) -> Result<(), MountError> {
+        let max = self.cfg.max_mounts;
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if slots.names.contains(name) {
+            return Ok(());
+        }
+        if max > 0 && slots.names.len() >= max {
+            return Err(MountError::Limit {
+                bucket: bucket.to_string(),
+                mounted: slots.names.len(),
+                max,
+            });
+        }
+        slots.names.insert(name.to_string());
+        let mounted = slots.names.len();
+        if max > 0 && !slots.warned && mounted * 10 >= max * 9 {
+            slots.warned = true;
+            tracing::warn!(
+                mounted,
+                max,
+                "s3fs mounts at 90 % of --max-mounts (BAI_S3_MAX_MOUNTS): Mounts of further buckets will soon be refused"
+            );
+        }
+        Ok(())
+    }
+
+    /// Make `name`'s place under `--max-mounts` follow whether it has an s3fs (called with its
+    /// lock held, after anything that starts, adopts or stops one).
+    fn sync_slot(&self, name: &str, shared: &Shared<S>) {
+        let max = self.cfg.max_mounts;
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if shared.process.is_some() {
+            slots.names.insert(name.to_string());
+        } else {
+            slots.names.remove(name);
+        }
+        if slots.names.len() * 10 < max * 9 {
+            slots.warned = false;
         }
     }
 
@@ -382,7 +464,6 @@ impl<S: Sys> S3fsMounter<S> {
             format!("parallel_count={}", o.tuning.parallel_count),
             format!("multipart_size={}", o.tuning.multipart_size),
             format!("stat_cache_expire={}", o.tuning.stat_cache_expire),
-            "enable_noobj_cache".to_string(),
             "retries=2".to_string(),
             "connect_timeout=5".to_string(),
             "dbglevel=warn".to_string(),
@@ -406,6 +487,11 @@ impl<S: Sys> S3fsMounter<S> {
         }
         if !o.tuning.compat_dir {
             opts.push("notsup_compat_dir".to_string());
+        }
+        // Never by default: s3fs renews a missing name's entry at each lookup, so a name that
+        // is polled for would stay missing after another writer put it (see `Tuning`).
+        if o.tuning.negative_cache {
+            opts.push("enable_noobj_cache".to_string());
         }
         if o.tuning.cache {
             let dir = self.cfg.state_dir.join("cache").join(name);
@@ -654,6 +740,7 @@ impl<S: Sys> S3fsMounter<S> {
                 self.stop_process(&path, &mut p, false).await;
                 tracing::info!(shared = %name, pid = p.live.pid, "s3fs stopped: no volume uses it");
             }
+            self.sync_slot(&name, &s);
             drop(s);
             let mut map = self.shared.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(cur) = map.get(&name) {
@@ -808,7 +895,10 @@ impl<S: Sys> Mounter for S3fsMounter<S> {
             }
         }
         if s.process.is_none() {
-            self.start(spec, &name, &mut s, deadline).await?;
+            self.claim_slot(&name, &spec.options.bucket)?;
+            let started = self.start(spec, &name, &mut s, deadline).await;
+            self.sync_slot(&name, &s);
+            started?;
         }
         let Some(live) = s.process.as_ref().map(|p| p.live.clone()) else {
             return Err(MountError::NotRunning);
@@ -917,6 +1007,7 @@ impl<S: Sys> Mounter for S3fsMounter<S> {
                         // No volume is bound to it: it serves nobody.
                         self.stop_process(&path, &mut p, true).await;
                     }
+                    self.sync_slot(&name, &s);
                 }
                 Err(e)
             }
@@ -1004,6 +1095,7 @@ impl<S: Sys> Mounter for S3fsMounter<S> {
             Ok(_) => {}
         }
         s.users.insert(target.to_path_buf());
+        self.sync_slot(&name, &s);
         self.targets
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -1031,8 +1123,11 @@ impl<S: Sys> Mounter for S3fsMounter<S> {
         if !live.is_alive() {
             return Health::Stale;
         }
-        // A target that is no mount any more (someone unmounted it) is no longer served.
-        if sys::mount_at(&self.sys.mounts(), target).is_none() {
+        // A target that is no mount any more (someone unmounted it) is no longer served. A
+        // target missing from the shared reading (mounted since) is looked up afresh.
+        if sys::mount_at(&self.probe_table(), target).is_none()
+            && sys::mount_at(&self.sys.mounts(), target).is_none()
+        {
             return Health::Stale;
         }
         match live.ask(target, PROBE_TIMEOUT).await {
@@ -1211,25 +1306,27 @@ mod tests {
             name(&[("bucket", "abc"), ("uid", "1000")]),
             name(&[("bucket", "abc"), ("compat-dir", "false")]),
             name(&[("bucket", "abc"), ("cache", "true")]),
+            name(&[("bucket", "abc"), ("negative-cache", "true")]),
+            name(&[("bucket", "abc"), ("stat-cache-expire", "30")]),
             name(&[("bucket", "abd")]),
             name(&[("bucket", "abc"), ("ro", "true")]),
         ] {
             assert_ne!(a, other);
         }
-        // Pinned format: `<backend>-<bucket>-<32 hex>`, HMAC-SHA256 with the host's key. A
-        // writable volume's name is the one versions before read-only s3fs mounts gave it (a
-        // restart after an upgrade must find its live mounts by it): both pins are the
-        // values the version before computed for these options and key.
-        assert_eq!(a, "default-abc-fcd37c96b82030ac88cb11972719b43c");
+        // Pinned format: `<backend>-<bucket>-<32 hex>`, HMAC-SHA256 with the host's key. A name
+        // changes only with the settings of the s3fs behind it (this version's default runs
+        // without s3fs's negative cache, so default volumes are named anew); a restarted daemon
+        // finds live mounts by the shared mount each volume's record keeps, not by the name.
+        assert_eq!(a, "default-abc-7bdc09f23a238274558f2a6bf7709669");
         let tuned = name(&[("bucket", "abc"), ("uid", "1000"), ("cache", "true")]);
-        assert_eq!(tuned, "default-abc-28864e3c66d9b744e0b7910511bdf210");
+        assert_eq!(tuned, "default-abc-49e0de2365a8fda39be3045988f9ee38");
         // A read-only volume has an s3fs of its own, whatever its prefix, named so.
         let ro = name(&[("bucket", "abc"), ("ro", "true")]);
         assert_eq!(
             ro,
             name(&[("bucket", "abc"), ("ro", "true"), ("prefix", "p")])
         );
-        assert_eq!(ro, "default-abc-ro-7a8f1c4b49795c6f696942ff0c7f377d");
+        assert_eq!(ro, "default-abc-ro-a6b58e100e8f6a80b9216e282ad27396");
         // Another host key, another name; the secret key never shows.
         let other_host = Identity::of(&spec(&[("bucket", "abc")])).name(&[8; fsutil::KEY_LEN]);
         assert_ne!(a, other_host);
@@ -1293,6 +1390,7 @@ mod tests {
             mount_timeout: Duration::from_secs(1),
             program: "s3fs".into(),
             min_disk_free: 512,
+            max_mounts: 0,
             name_key: [7; fsutil::KEY_LEN],
         })
     }
@@ -1307,9 +1405,15 @@ mod tests {
         assert!(args.contains("use_cache=/s/cache/n"));
         assert!(args.contains("tmpdir=/s/tmp/n,") && args.contains("ensure_diskfree=512"));
         assert!(!args.contains("notsup_compat_dir"));
+        // Fresh by default: metadata cached 1 s, missing names not remembered.
+        assert!(args.contains(",stat_cache_expire=1,"), "{args}");
+        assert!(!args.contains("enable_noobj_cache"), "{args}");
         let s = spec(&[("bucket", "abc"), ("compat-dir", "false")]);
         let args = m.s3fs_args(&s, "n", Path::new("/m/.s3fs/n")).join(" ");
         assert!(args.contains(",notsup_compat_dir"), "{args}");
+        let s = spec(&[("bucket", "abc"), ("negative-cache", "true")]);
+        let args = m.s3fs_args(&s, "n", Path::new("/m/.s3fs/n")).join(" ");
+        assert!(args.contains(",enable_noobj_cache"), "{args}");
     }
 
     /// The FUSE mount options (`-o a,b,c`) of the s3fs started for `pairs`.

@@ -15,11 +15,20 @@ struct Rig {
 
 impl Rig {
     fn new(mount_timeout: Duration) -> Rig {
+        Rig::with_max_mounts(mount_timeout, 0)
+    }
+
+    /// A rig whose mounter runs at most `max_mounts` s3fs (`--max-mounts`; 0: no limit).
+    fn with_max_mounts(mount_timeout: Duration, max_mounts: usize) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir(dir.path().join("mnt")).unwrap();
         fs::create_dir(dir.path().join("state")).unwrap();
         let sys = Arc::new(FaultySys::new(RecordingSys::new()));
-        let m = S3fsMounter::with_sys(Self::cfg(dir.path(), mount_timeout), sys.clone());
+        let cfg = S3fsConfig {
+            max_mounts,
+            ..Self::cfg(dir.path(), mount_timeout)
+        };
+        let m = S3fsMounter::with_sys(cfg, sys.clone());
         Rig { dir, sys, m }
     }
 
@@ -30,6 +39,7 @@ impl Rig {
             mount_timeout,
             program: "s3fs".into(),
             min_disk_free: 64,
+            max_mounts: 0,
             name_key: [7; fsutil::KEY_LEN],
         }
     }
@@ -640,4 +650,106 @@ async fn where_pidfds_are_refused_a_leftover_s3fs_is_never_signalled_and_the_mou
     r.m.sweep(&[]).await;
     assert!(!r.fake().signalled(left));
     assert_eq!(r.fake().state(left), Some(State::Running));
+}
+
+#[tokio::test]
+async fn max_mounts_refuses_one_more_s3fs_but_never_a_join_and_frees_its_place() {
+    let r = Rig::with_max_mounts(Duration::from_millis(300), 2);
+    let spawns = || {
+        r.fake()
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, Call::Spawn(_)))
+            .count()
+    };
+    let (a, _) = r.mount("a", &[("bucket", "ba-bucket")]).await;
+    r.mount("b", &[("bucket", "bb-bucket")]).await;
+    let third = r.spec("c", &[("bucket", "bc-bucket")]);
+    let err = r.m.mount(&third).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            MountError::Limit {
+                mounted: 2,
+                max: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.cause(), Cause::Limit);
+    let said = err.to_string();
+    for word in [
+        "\"bc-bucket\"",
+        "2 of at most 2",
+        "--max-mounts",
+        "BAI_S3_MAX_MOUNTS",
+    ] {
+        assert!(said.contains(word), "{word} not in: {said}");
+    }
+    // Nothing was started or made for it.
+    assert_eq!(spawns(), 2);
+    assert!(!r.target("c").exists());
+    assert!(!r.shared(&r.m.shared_name(&third)).exists());
+    assert_eq!(r.m.health(&r.target("c")), Health::NotMounted);
+    // Another volume of a mounted bucket joins its s3fs: no place taken.
+    let (joined, _) = r
+        .mount("a2", &[("bucket", "ba-bucket"), ("prefix", "p")])
+        .await;
+    assert_eq!(joined, a);
+    assert_eq!(spawns(), 2);
+    // An s3fs that never gets ready gives its place back.
+    r.m.unmount(&r.target("b")).await.unwrap();
+    r.fake().set_mount_on_spawn(false);
+    let err =
+        r.m.mount(&r.spec("d", &[("bucket", "bd-bucket")]))
+            .await
+            .unwrap_err();
+    assert_eq!(err.cause(), Cause::Timeout, "{err:?}");
+    r.fake().set_mount_on_spawn(true);
+    r.mount("c", &[("bucket", "bc-bucket")]).await;
+    assert!(r
+        .m
+        .mount(&r.spec("e", &[("bucket", "be-bucket")]))
+        .await
+        .is_err());
+    // The bucket's last volume leaves: its place is free for the next bucket.
+    r.m.unmount(&r.target("a")).await.unwrap();
+    assert!(r
+        .m
+        .mount(&r.spec("e", &[("bucket", "be-bucket")]))
+        .await
+        .is_err());
+    r.m.unmount(&r.target("a2")).await.unwrap();
+    r.mount("e", &[("bucket", "be-bucket")]).await;
+    assert_eq!(spawns(), 5);
+}
+
+#[tokio::test]
+async fn a_round_of_probes_reads_the_mount_table_once() {
+    let r = Rig::new(T);
+    for (v, b) in [("a", "aa-bucket"), ("b", "bb-bucket"), ("c", "cc-bucket")] {
+        r.mount(v, &[("bucket", b)]).await;
+    }
+    let reads = || {
+        r.fake()
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, Call::Mounts))
+            .count()
+    };
+    let before = reads();
+    for v in ["a", "b", "c", "a", "b", "c"] {
+        assert_eq!(r.m.probe(&r.target(v)).await, Health::Ok);
+    }
+    assert!(reads() - before <= 1, "{} readings", reads() - before);
+    // A target missing from the shared reading is looked up afresh: one mounted since is ok.
+    r.mount("d", &[("bucket", "dd-bucket")]).await;
+    assert_eq!(r.m.probe(&r.target("d")).await, Health::Ok);
+    // One unmounted behind the daemon's back is stale at the latest once the reading is older
+    // than its age (the next health round).
+    r.sys.inner.unmount(&r.target("c")).unwrap();
+    tokio::time::sleep(PROBE_TABLE_AGE).await;
+    assert_eq!(r.m.probe(&r.target("c")).await, Health::Stale);
+    assert_eq!(r.m.probe(&r.target("a")).await, Health::Ok);
 }

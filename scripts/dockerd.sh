@@ -12,6 +12,12 @@ command -v dockerd >/dev/null || { echo "dockerd.sh: dockerd is not installed (s
 mkdir -p /var/log
 # Started even when a dockerd process seems to be there: one that has just exited can linger
 # as a zombie (no init reaps it here), and a second live one fails on its pid file, harmlessly.
+# dockerd outlives this script: it must not inherit descriptors beyond stdio (a caller's flock
+# on a lock file would be held until dockerd ends).
+for fd in /proc/$$/fd/*; do
+  fd=${fd##*/}
+  [ "$fd" -gt 2 ] 2>/dev/null && eval "exec $fd>&-"
+done
 setsid dockerd >/var/log/bai-s3-dockerd.log 2>&1 < /dev/null &
 deadline=$((SECONDS + wait_s))
 while [ "$SECONDS" -lt "$deadline" ]; do

@@ -16,8 +16,11 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-/// The most threads the pool runs at once.
-pub const THREADS: usize = 16;
+/// The most threads the pool runs at once. A thread blocked in FUSE costs little (its stack is
+/// mostly untouched), and a store that stalls can hold one per s3fs of it (a probe) plus one
+/// per Mount whose prefix lookup waits on it: too few threads, and Mounts of buckets on other
+/// stores would queue behind them.
+pub const THREADS: usize = 64;
 /// An idle thread ends after this long, so a burst leaves no threads behind.
 const IDLE: Duration = Duration::from_secs(10);
 

@@ -46,18 +46,7 @@ done
 [ -f "$binary" ] || die "$binary does not exist: run 'cargo build --release' (or 'make plugin') first"
 docker version >/dev/null 2>&1 || die "the Docker daemon does not answer (scripts/dockerd.sh starts one)"
 
-# Unmount everything mounted at or below $1 (deepest first), so that nothing (/proc, or a /dev
-# a killed debootstrap left behind) stays mounted and `rm -rf` never walks into a host filesystem.
-unmount_below() {
-  local dir mnt
-  [ -e "$1" ] || return 0
-  dir=$(realpath "$1")
-  # /proc/self/mounts escapes spaces as \040; our paths have none, and a mismatch only skips.
-  awk -v d="$dir" '$2 == d || index($2, d "/") == 1 { print $2 }' /proc/self/mounts |
-    sort -r | while read -r mnt; do
-      umount "$mnt" 2>/dev/null || umount -l "$mnt"
-    done
-}
+. scripts/unmount-below.sh
 
 remove_tree() {
   unmount_below "$1"

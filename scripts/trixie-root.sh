@@ -27,17 +27,7 @@ die() { say "error: $*"; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "must run as root (debootstrap, chroot)"
 command -v debootstrap >/dev/null || die "debootstrap is not installed (scripts/deps.sh docker)"
 
-# Unmount everything at or below $1, deepest first, so that `rm -rf` never walks into /proc,
-# /sys, /dev or a FUSE mount.
-unmount_below() {
-  local dir mnt
-  [ -e "$1" ] || return 0
-  dir=$(realpath "$1")
-  awk -v d="$dir" '$2 == d || index($2, d "/") == 1 { print $2 }' /proc/self/mounts |
-    sort -r | while read -r mnt; do
-      umount "$mnt" 2>/dev/null || umount -l "$mnt"
-    done
-}
+. "$(dirname "$self")/unmount-below.sh"
 
 want=$(cat "$self" <(printf '%s\n' "$mirror") | sha256sum | cut -d' ' -f1)
 if [ -d "$root" ] && [ "$(cat "$marker" 2>/dev/null)" = "$want" ]; then

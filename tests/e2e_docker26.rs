@@ -246,19 +246,7 @@ fn docker26_managed_plugin_create_enable_disable() {
     let e = c.engine;
     let _gone = Gone(e);
     let sock = format!("unix://{}", root.join("run/docker26.sock").display());
-    let o = docker_support::run_with_timeout(
-        std::process::Command::new(support::repo().join("plugin/build.sh"))
-            .env("DOCKER_HOST", &sock)
-            .env("BAI_S3_PLUGIN_NAME", NAME)
-            .env("BAI_S3_BINARY", support::daemon_bin()),
-        std::time::Duration::from_secs(900),
-    );
-    assert!(
-        o.status.success(),
-        "plugin/build.sh against dockerd 26: {}{}",
-        stdout_of(&o),
-        stderr_of(&o)
-    );
+    build_plugin(&sock, NAME, None);
     e.ok(&[
         "plugin",
         "set",
@@ -319,20 +307,7 @@ fn docker26_managed_plugin_create_enable_disable() {
         "{}/bai-s3-managed:2.0.0-e2e",
         reg_addr.trim_start_matches("http://")
     );
-    let o = docker_support::run_with_timeout(
-        std::process::Command::new(support::repo().join("plugin/build.sh"))
-            .env("DOCKER_HOST", &sock)
-            .env("BAI_S3_PLUGIN_NAME", &v2)
-            .env("BAI_S3_PLUGIN_VERSION", "2.0.0-e2e")
-            .env("BAI_S3_BINARY", support::daemon_bin()),
-        std::time::Duration::from_secs(900),
-    );
-    assert!(
-        o.status.success(),
-        "plugin/build.sh as {v2}: {}{}",
-        stdout_of(&o),
-        stderr_of(&o)
-    );
+    build_plugin(&sock, &v2, Some("2.0.0-e2e"));
     e.ok(&["plugin", "push", &v2]);
     e.ok(&["plugin", "rm", &v2]);
     assert!(
@@ -380,5 +355,24 @@ fn docker26_managed_plugin_create_enable_disable() {
             "first.txt".to_string(),
             "upgraded.txt".to_string()
         ]
+    );
+}
+
+/// `plugin/build.sh` against dockerd 26 (`sock`): the managed plugin `name` from this tree's
+/// binary, with `version` in its description when given.
+fn build_plugin(sock: &str, name: &str, version: Option<&str>) {
+    let mut cmd = std::process::Command::new(support::repo().join("plugin/build.sh"));
+    cmd.env("DOCKER_HOST", sock)
+        .env("BAI_S3_PLUGIN_NAME", name)
+        .env("BAI_S3_BINARY", support::daemon_bin());
+    if let Some(v) = version {
+        cmd.env("BAI_S3_PLUGIN_VERSION", v);
+    }
+    let o = docker_support::run_with_timeout(&mut cmd, std::time::Duration::from_secs(900));
+    assert!(
+        o.status.success(),
+        "plugin/build.sh as {name} against dockerd 26: {}{}",
+        stdout_of(&o),
+        stderr_of(&o)
     );
 }

@@ -110,7 +110,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         let registry = crate::metrics::registry(crate::metrics::Sources {
             volumes: Box::new(move || d.list()),
             max_mounts: args.max_mounts,
-            shared_root: args.mount_root.join(crate::mounter::s3fs::SHARED_DIR),
+            shared_root: crate::layout::shared_root(&args.mount_root),
             s3fs_program: Path::new(&args.s3fs)
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())

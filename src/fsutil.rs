@@ -19,6 +19,8 @@ use nix::errno::Errno;
 use nix::fcntl::{openat, openat2, AtFlags, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::{fstat, fstatat, mkdirat, FileStat, Mode, SFlag};
 
+use crate::layout;
+
 /// Why a folder of the daemon's own cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum DirError {
@@ -399,19 +401,6 @@ pub fn open_private_file(dir: BorrowedFd<'_>, name: &str) -> io::Result<fs::File
     Ok(fs::File::from(own(fd)))
 }
 
-/// Names the daemon keeps in its state folder, and the names its store's files start with: a
-/// mount root inside the state folder must not be one of them.
-const STATE_ENTRIES: &[&str] = &[
-    "logs",
-    "cache",
-    "stage",
-    "tmp",
-    "lock",
-    "state.db",
-    "volumes.json",
-    NAME_KEY_FILE,
-];
-
 /// `p` made absolute, its longest existing ancestor resolved by the kernel (links followed)
 /// and the rest appended as written, so paths can be compared before anything is made.
 fn resolved(p: &Path) -> PathBuf {
@@ -477,7 +466,7 @@ pub fn check_layout(state_dir: &Path, mount_root: &Path, config: &Path) -> Resul
             .next()
             .map(|c| c.as_os_str().to_string_lossy().into_owned())
             .unwrap_or_default();
-        if STATE_ENTRIES.iter().any(|e| first.starts_with(e)) {
+        if layout::STATE_ENTRIES.iter().any(|e| first.starts_with(e)) {
             return overlap(format!(
                 "is {first:?} in the state folder {}, a name the daemon keeps its own files under",
                 state_dir.display()
@@ -495,15 +484,12 @@ pub fn prepare_daemon_folders(
 ) -> Result<[u8; KEY_LEN], DirError> {
     checked_dir(state_dir, Privacy::Private)?;
     checked_dir(mount_root, Privacy::Unreachable)?;
-    for sub in ["logs", "cache", "stage", "tmp"] {
+    for sub in layout::STATE_SUBDIRS {
         sub_dir(state_dir, Path::new(sub))?;
     }
-    sub_dir(mount_root, Path::new(crate::mounter::s3fs::SHARED_DIR))?;
-    load_or_create_key(state_dir, NAME_KEY_FILE)
+    sub_dir(mount_root, Path::new(layout::SHARED_DIR))?;
+    load_or_create_key(state_dir, layout::NAME_KEY_FILE)
 }
-
-/// The file in the state folder that holds the key of shared-mount names.
-pub const NAME_KEY_FILE: &str = "shared-names.key";
 
 /// Length of the key of [`load_or_create_key`].
 pub const KEY_LEN: usize = 32;

@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod driver;
 pub mod error;
 pub mod fsutil;
+pub mod layout;
 pub mod metrics;
 pub mod mounter;
 pub mod options;

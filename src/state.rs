@@ -35,11 +35,7 @@ use nix::fcntl::{Flock, FlockArg};
 use rusqlite::{Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
-/// The database file in the state folder.
-pub const DB_FILE: &str = "state.db";
-/// The state file of bai-s3 before the database (imported once, then renamed aside).
-pub const LEGACY_FILE: &str = "volumes.json";
-const LOCK_FILE: &str = "lock";
+use crate::layout::{DB_FILE, LEGACY_FILE, LOCK_FILE};
 const LEGACY_VERSION: u32 = 1;
 /// `PRAGMA user_version` of the schema this code writes.
 const SCHEMA: i64 = 1;

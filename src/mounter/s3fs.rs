@@ -33,11 +33,9 @@ use sha2::Sha256;
 use super::sys::{self, Linux, Sys};
 use super::{bounded, resolve, Adoption, Health, MountError, MountSpec, Mounter};
 use crate::backends::Secret;
-use crate::fsutil;
 use crate::options::Tuning;
+use crate::{fsutil, layout};
 
-/// Folder under the mount root that holds the shared s3fs mounts.
-pub const SHARED_DIR: &str = ".s3fs";
 /// Phases of a Mount's blocking work (see `mount`).
 const RUNNING: u8 = 0;
 const CANCELLED: u8 = 1;
@@ -415,7 +413,7 @@ impl<S: Sys> S3fsMounter<S> {
     }
 
     fn shared_root(&self) -> PathBuf {
-        self.cfg.mount_root.join(SHARED_DIR)
+        layout::shared_root(&self.cfg.mount_root)
     }
 
     /// The shared mount's name for `spec` (see [`Identity::name`]).
@@ -438,12 +436,12 @@ impl<S: Sys> S3fsMounter<S> {
     }
 
     fn log_path(&self, name: &str) -> PathBuf {
-        self.cfg.state_dir.join("logs").join(format!("{name}.log"))
+        layout::log_file(&self.cfg.state_dir, name)
     }
 
     /// Where s3fs stages open files: on the state folder's disk, never the host's `/tmp`.
     fn tmp_rel(name: &str) -> PathBuf {
-        Path::new("tmp").join(name)
+        Path::new(layout::TMP).join(name)
     }
 
     /// The s3fs command line; no secret in it.
@@ -494,7 +492,7 @@ impl<S: Sys> S3fsMounter<S> {
             opts.push("enable_noobj_cache".to_string());
         }
         if o.tuning.cache {
-            let dir = self.cfg.state_dir.join("cache").join(name);
+            let dir = self.cfg.state_dir.join(layout::CACHE).join(name);
             opts.push(format!("use_cache={}", dir.display()));
             opts.push("del_cache".to_string());
         }
@@ -553,8 +551,11 @@ impl<S: Sys> S3fsMounter<S> {
                 .map_err(MountError::Table)?;
         }
         // Made (or checked) once nothing is mounted there: a dead FUSE mount answers nothing.
-        fsutil::sub_dir(&self.cfg.mount_root, &Path::new(SHARED_DIR).join(name))
-            .map_err(|e| MountError::host("cannot create the shared mount folder", e))?;
+        fsutil::sub_dir(
+            &self.cfg.mount_root,
+            &Path::new(layout::SHARED_DIR).join(name),
+        )
+        .map_err(|e| MountError::host("cannot create the shared mount folder", e))?;
         fsutil::sub_dir(&self.cfg.state_dir, &Self::tmp_rel(name))
             .map_err(|e| MountError::host("cannot create the s3fs staging folder", e))?;
         // What a Mount interrupted by a crash or a timeout wrote into the bare folder (a
@@ -570,7 +571,7 @@ impl<S: Sys> S3fsMounter<S> {
             .try_clone()
             .map_err(|e| MountError::host("cannot open s3fs log", e))?;
         if spec.options.tuning.cache {
-            fsutil::sub_dir(&self.cfg.state_dir, &Path::new("cache").join(name))
+            fsutil::sub_dir(&self.cfg.state_dir, &Path::new(layout::CACHE).join(name))
                 .map_err(|e| MountError::host("cannot create the cache folder", e))?;
         }
 
@@ -829,7 +830,7 @@ fn clear_folder(path: &Path) -> std::io::Result<()> {
 /// following a link and emptied for this start. Appended to, as s3fs writes it through
 /// `logfile` too.
 fn open_log(state_dir: &Path, name: &str) -> std::io::Result<fs::File> {
-    let dir = fsutil::sub_dir(state_dir, Path::new("logs")).map_err(std::io::Error::other)?;
+    let dir = fsutil::sub_dir(state_dir, Path::new(layout::LOGS)).map_err(std::io::Error::other)?;
     let f = fsutil::open_private_file(dir.as_fd(), &format!("{name}.log"))?;
     f.set_len(0)?;
     Ok(f)
@@ -921,7 +922,7 @@ impl<S: Sys> Mounter for S3fsMounter<S> {
         let volume = spec.volume.clone();
         let target = spec.target.clone();
         // Read-only binds are prepared in a private staging folder (see `sys::bind`).
-        let stage_root = self.cfg.state_dir.join("stage");
+        let stage_root = self.cfg.state_dir.join(layout::STAGE);
         let ro = spec.options.ro;
         let prefix = spec.options.prefix.clone();
         let bucket = spec.options.bucket.clone();
@@ -1179,7 +1180,7 @@ impl<S: Sys> Mounter for S3fsMounter<S> {
             }
         };
         // Read-only staging binds of a run that died half-way through a Mount.
-        let stage_root = self.cfg.state_dir.join("stage");
+        let stage_root = self.cfg.state_dir.join(layout::STAGE);
         for m in table.iter().rev() {
             if m.mount_point.parent() == Some(stage_root.as_path()) && m.fs_type == S3FS_TYPE {
                 bounded_unmount(m.mount_point.clone()).await;

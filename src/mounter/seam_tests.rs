@@ -65,7 +65,7 @@ impl Rig {
     }
 
     fn shared(&self, name: &str) -> PathBuf {
-        self.root().join(SHARED_DIR).join(name)
+        self.root().join(crate::layout::SHARED_DIR).join(name)
     }
 
     fn spec(&self, volume: &str, pairs: &[(&str, &str)]) -> MountSpec {

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 /// The store's database in a state folder.
 pub fn store_path(state_dir: &Path) -> PathBuf {
-    state_dir.join(bai_s3::state::DB_FILE)
+    state_dir.join(bai_s3::layout::DB_FILE)
 }
 
 /// Every row of the store (volume name → the record's JSON text) plus its `boot_id`, read with

@@ -59,17 +59,60 @@ struct Static {
     adoptions: Counter,
 }
 
-/// The `cause` label values of `bai_s3_mount_failures_total` (see [`failure_cause`]).
-pub(super) const CAUSES: &[&str] = &[
-    "backend", "s3fs", "timeout", "prefix", "system", "limit", "state", "other",
+/// A `cause` label value of `bai_s3_mount_failures_total` and what it tells an operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailureCause {
+    /// The label value.
+    pub label: &'static str,
+    /// Its meaning, as the cause table in docs/operations.md shows it.
+    pub meaning: &'static str,
+}
+
+/// The one list of failure causes: the labels shown from the start, the metric's help text
+/// and the cause table of docs/operations.md (a unit test holds the doc to it) all come from
+/// here, so they cannot drift apart. [`failure_cause`] answers only these labels (pinned by
+/// its test).
+pub const CAUSES: &[FailureCause] = &[
+    FailureCause {
+        label: "backend",
+        meaning: "the volume's backend is not in the backends file",
+    },
+    FailureCause {
+        label: "s3fs",
+        meaning: "s3fs failed to start or exited, e.g. a wrong bucket or keys: its words are in `last-error`",
+    },
+    FailureCause {
+        label: "timeout",
+        meaning: "not ready within `--mount-timeout`, or given up at that deadline",
+    },
+    FailureCause {
+        label: "prefix",
+        meaning: "the volume's `prefix` is not a folder in the bucket: a link, a file, or missing for an `ro=true` volume",
+    },
+    FailureCause {
+        label: "system",
+        meaning: "a local step failed: folders, bind mounts, the mount table",
+    },
+    FailureCause {
+        label: "limit",
+        meaning: "refused by `--max-mounts`",
+    },
+    FailureCause {
+        label: "state",
+        meaning: "the state file could not be written",
+    },
+    FailureCause {
+        label: "other",
+        meaning: "anything else, e.g. the daemon was shutting down",
+    },
 ];
 
 static STATIC: LazyLock<Static> = LazyLock::new(|| {
     let mount_failures = Family::<CauseLabels, Counter>::default();
     // Every cause is shown from the start (as 0), so rate() and alerts see it before the
     // first failure.
-    for cause in CAUSES {
-        let _ = mount_failures.get_or_create(&CauseLabels { cause });
+    for c in CAUSES {
+        let _ = mount_failures.get_or_create(&CauseLabels { cause: c.label });
     }
     Static {
         calls: Family::new_with_constructor(call_histogram),
@@ -150,7 +193,11 @@ pub(super) fn register(r: &mut Registry) {
         // From the same list as the labels, so the two never disagree.
         format!(
             "Mount attempts that failed, by cause: {}",
-            CAUSES.join(", ")
+            CAUSES
+                .iter()
+                .map(|c| c.label)
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         STATIC.mount_failures.clone(),
     );
@@ -201,6 +248,7 @@ mod tests {
             component: "evil".into(),
             kind: crate::fsutil::Beneath::Symlink,
         };
+        let mut seen = std::collections::BTreeSet::new();
         let cases = [
             (MountError::Exited { said: said() }, "s3fs"),
             (MountError::NotRunning, "s3fs"),
@@ -265,7 +313,8 @@ mod tests {
         for (e, cause) in cases {
             let shown = e.to_string();
             assert_eq!(failure_cause(&mount_err(e)), cause, "{shown}");
-            assert!(CAUSES.contains(&cause));
+            assert!(CAUSES.iter().any(|c| c.label == cause));
+            seen.insert(cause);
         }
         let unknown = Error::UnknownBackend {
             name: "x".into(),
@@ -280,5 +329,39 @@ mod tests {
         };
         assert_eq!(failure_cause(&persist), "state");
         assert_eq!(failure_cause(&Error::ShuttingDown), "other");
+        // Every cause in the list can happen: no label is listed that nothing answers.
+        seen.extend(["backend", "state", "other"]);
+        let listed: std::collections::BTreeSet<_> = CAUSES.iter().map(|c| c.label).collect();
+        assert_eq!(seen, listed);
+    }
+
+    /// The cause table under "Mount failure causes" in docs/operations.md: its rows as
+    /// (label, meaning).
+    fn documented_causes(doc: &str) -> Vec<(String, String)> {
+        doc.lines()
+            .skip_while(|l| l.trim() != "### Mount failure causes")
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .skip(2) // the header and its rule
+            .map(|row| {
+                let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+                let label = cells[0].trim_matches('`').to_string();
+                (label, cells[1..].join("|"))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_docs_list_exactly_these_causes() {
+        let doc = include_str!("../../docs/operations.md");
+        let documented = documented_causes(doc);
+        let listed: Vec<(String, String)> = CAUSES
+            .iter()
+            .map(|c| (c.label.to_string(), c.meaning.to_string()))
+            .collect();
+        assert_eq!(
+            documented, listed,
+            "docs/operations.md's cause table must show CAUSES, in order and in the same words"
+        );
     }
 }

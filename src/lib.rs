@@ -4,6 +4,7 @@
 //! → [`mounter`] (s3fs processes and bind mounts) → S3. [`backends`] holds endpoints and
 //! credentials, [`options`] the per-volume choices, [`s3check`] the bucket checks at Create.
 
+pub mod accept;
 pub mod backends;
 pub mod cli;
 pub mod daemon;

@@ -1,5 +1,6 @@
 //! HTTP serving of the plugin protocol on a unix socket: routing, request limits, one log line
-//! per call, and the single place where driver errors become `{"Err": ...}`.
+//! per call, and the single place where driver errors become `{"Err": ...}`. Connections are
+//! taken by the accept loop both listeners share ([`crate::accept`]).
 
 use std::future::Future;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -11,13 +12,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::net::UnixListener;
-use tokio::sync::Semaphore;
 
+use crate::accept::Limits;
 use crate::driver::{Driver, VolumeInfo};
 use crate::error::Error;
 use crate::mounter::Mounter;
@@ -25,11 +24,18 @@ use crate::protocol::*;
 
 /// Largest request body accepted; Docker's requests are a few hundred bytes.
 pub const MAX_BODY: usize = 1 << 20;
-/// Connections served at once; more wait in the listen backlog.
-const MAX_CONNECTIONS: usize = 512;
 /// A client must send its request headers and body within this time (slow clients must not
 /// hold a connection slot forever).
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The plugin socket's connections: many at once (more wait in the listen backlog), kept alive
+/// as dockerd keeps them, and a minute for calls in flight at shutdown.
+const LIMITS: Limits = Limits {
+    name: "plugin",
+    max_connections: 512,
+    header_read_timeout: READ_TIMEOUT,
+    keep_alive: true,
+    drain: Duration::from_secs(60),
+};
 
 /// Media type of replies, as other volume plugins answer.
 const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.1+json";
@@ -80,52 +86,12 @@ pub async fn serve<M: Mounter>(
     driver: Arc<Driver<M>>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let list = Arc::new(ListCache::default());
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(READ_TIMEOUT)
-        .keep_alive(true);
-    tokio::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            _ = &mut shutdown => break,
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
-        let stream = tokio::select! {
-            _ = &mut shutdown => break,
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    let handler = move |req| {
         let (d, l) = (driver.clone(), list.clone());
-        let svc = hyper::service::service_fn(move |req| {
-            let (d, l) = (d.clone(), l.clone());
-            async move { Ok::<_, std::convert::Infallible>(handle(d, &l, req).await) }
-        });
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-            drop(permit);
-        });
-    }
-    drop(listener);
-    tracing::info!("no longer accepting; finishing calls in flight");
-    if tokio::time::timeout(Duration::from_secs(60), graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("calls still in flight after 60 s; stopping anyway");
-    }
+        async move { handle(d, &l, req).await }
+    };
+    crate::accept::serve(listener, LIMITS, handler, shutdown).await;
 }
 
 /// The last List reply's bytes and the driver's List generation they were built at: with

@@ -4,7 +4,8 @@
 //! Three parts: [`counters`] are process-wide statics the server and the driver bump;
 //! [`scrape`] computes the gauges at scrape time from a [`Sample`] the daemon takes (metrics
 //! imports neither the driver nor the mounter's view, so neither import loops back);
-//! [`serving`] is the TCP listener.
+//! [`serving`] is the TCP listener (on the accept loop it shares with the plugin socket,
+//! [`crate::accept`]).
 //!
 //! Labels come from closed sets only (endpoint names, `ok`/`error`, failure causes, health
 //! words): never a volume name, an option, a request path as sent or anything from the

@@ -1,7 +1,6 @@
 //! The metrics listener: `GET /metrics` on TCP, answered with the registry in the Prometheus
 //! text format.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,15 +9,21 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
-/// Scrapes served at once; Prometheus needs one.
-const MAX_CONNECTIONS: usize = 16;
-/// A scraper must send its request within this time.
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::accept::Limits;
+
+/// Scrapes served at once: Prometheus needs one. A scraper must send its request within 10 s,
+/// and a connection carries one scrape.
+const LIMITS: Limits = Limits {
+    name: "metrics",
+    max_connections: 16,
+    header_read_timeout: Duration::from_secs(10),
+    keep_alive: false,
+    // The loop is never told to stop (see `serve`).
+    drain: Duration::ZERO,
+};
 
 /// Bind the metrics listener (before the daemon starts serving, so a taken port is an error
 /// at start-up, not a silent absence).
@@ -81,34 +86,7 @@ async fn answer(registry: Arc<Registry>, req: Request<Incoming>) -> Response<Bod
 /// keep-alive and a read deadline, so an idle or slow client cannot hold the endpoint.
 pub async fn serve(listener: TcpListener, registry: Registry) {
     let registry = Arc::new(registry);
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(READ_TIMEOUT)
-        .keep_alive(false);
-    loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let reg = Arc::clone(&registry);
-        let svc = hyper::service::service_fn(move |req| {
-            let reg = Arc::clone(&reg);
-            async move { Ok::<_, Infallible>(answer(reg, req).await) }
-        });
-        let conn = http.serve_connection(TokioIo::new(stream), svc);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "metrics connection ended with an error");
-            }
-            drop(permit);
-        });
-    }
+    let handler = move |req| answer(Arc::clone(&registry), req);
+    // Never asked to stop: the task ends with the daemon.
+    crate::accept::serve(listener, LIMITS, handler, std::future::pending()).await;
 }

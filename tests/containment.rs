@@ -316,8 +316,6 @@ fn folders_open_to_local_users_are_refused_at_start_and_left_unchanged() {
     }
 }
 
-const NOBODY: u32 = 65534;
-
 #[test]
 #[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn a_local_user_cannot_reach_a_mounted_volume() {
@@ -350,15 +348,6 @@ fn a_local_user_cannot_reach_a_mounted_volume() {
     unmount_ok(&d, &v, &id);
 }
 
-/// Detaches a mount the test made when dropped (after the daemon, declared later, is gone).
-struct Mounted(PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-    }
-}
-
 fn free_mib(p: &Path) -> u64 {
     let st = nix::sys::statvfs::statvfs(p).unwrap();
     st.blocks_available() * st.fragment_size() / (1024 * 1024)
@@ -372,7 +361,7 @@ fn a_huge_write_never_fills_the_state_folders_disk() {
     }
     let t = tempfile::tempdir().unwrap();
     let state = t.path().join("small-state");
-    let _tmpfs = mount_at(
+    let _tmpfs = mount_guarded(
         &state,
         &["-t", "tmpfs", "-o", "size=80m,mode=0700", "tmpfs"],
     );
@@ -542,23 +531,6 @@ fn backends_that_differ_only_across_field_boundaries_get_their_own_s3fs() {
     unmount_ok(&d, &v2, &i2);
 }
 
-/// Runs `cmd`, which must succeed.
-fn run_ok(cmd: &mut Command) {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// `mount ARGS AT` (AT made when missing); detached when dropped.
-fn mount_at<S: AsRef<std::ffi::OsStr>>(at: &Path, args: &[S]) -> Mounted {
-    fs::create_dir_all(at).unwrap();
-    run_ok(Command::new("mount").args(args).arg(at));
-    Mounted(at.to_path_buf())
-}
-
 #[test]
 #[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn the_restore_sweep_touches_only_what_is_provably_bai_s3s() {
@@ -605,11 +577,11 @@ fn the_restore_sweep_touches_only_what_is_provably_bai_s3s() {
     ];
     let _foreign: Vec<Mounted> = foreign
         .iter()
-        .map(|p| mount_at(p, &["-t", "tmpfs", "tmpfs"]))
+        .map(|p| mount_guarded(p, &["-t", "tmpfs", "tmpfs"]))
         .collect();
     // bai-s3's: a bind of its s3fs in the mount root that no volume holds (a dead run's).
     let stray = d.mount_root.join(format!("stray-{tag}"));
-    let _stray = mount_at(&stray, &[Path::new("--bind"), &mp]);
+    let _stray = mount_guarded(&stray, &[Path::new("--bind"), &mp]);
     assert!(is_mountpoint(&stray));
 
     d.restart();
@@ -769,7 +741,7 @@ fn a_read_only_volume_stays_read_only_when_a_runtime_remounts_a_bind_of_it() {
     // mount's current `ro` back in (util-linux 2.38), runc does not. Done here by hand to a
     // bind elsewhere on the host, and to the volume's own mount point.
     let runtime_bind = d.dir.join("runtime-bind");
-    let _bound = mount_at(&runtime_bind, &[Path::new("--bind"), &rmp]);
+    let _bound = mount_guarded(&runtime_bind, &[Path::new("--bind"), &rmp]);
     for p in [&runtime_bind, &rmp] {
         use nix::mount::MsFlags;
         let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;

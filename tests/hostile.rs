@@ -1018,8 +1018,6 @@ fn three_hundred_simultaneous_clients_are_all_answered() {
 // 5. An unprivileged client
 // ---------------------------------------------------------------------------------------------
 
-const NOBODY: u32 = 65534;
-
 /// Runs as nobody: connect to the socket, read the state and backends files, list the state
 /// folder; prints {"what": "ok" | errno name}.
 const PROBE: &str = r#"

@@ -401,8 +401,6 @@ fn a_mount_timed_out_on_a_stalled_store_leaves_nothing_and_poisons_nothing() {
     }
 }
 
-const NOBODY: u32 = 65534;
-
 /// A process of uid 65534 (nobody) that dresses itself up as the s3fs of a shared mount: it
 /// overwrites its own argv (through /proc/self/mem, as any program may) to `s3fs <path>`.
 /// `watch`: once an s3fs mount appears below `target` (a prefix), it names that mount (so it

@@ -89,17 +89,12 @@ fn churn_without_unmount_delay_starts_one_s3fs_per_cycle() {
     wait_nothing_mounted(&d, "after the last Unmount", Duration::from_secs(15));
 }
 
-#[test]
-#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
-fn remove_during_the_unmount_delay_ends_the_wait() {
-    let Some((s3, d)) = setup_with(
-        "remove_during_the_unmount_delay_ends_the_wait",
-        &["--unmount-delay", "30"],
-    ) else {
-        return;
-    };
-    let b = new_bucket(s3, "delay-remove");
-    let vol = unique_name("delay-remove-vol");
+/// A daemon with `--unmount-delay 30` and a volume (bucket and name tagged `tag`) whose only
+/// holder has left: still mounted, its s3fs waiting out the delay. None when the test is skipped.
+fn in_the_unmount_delay(test: &str, tag: &str) -> Option<(Daemon, String)> {
+    let (s3, d) = setup_with(test, &["--unmount-delay", "30"])?;
+    let b = new_bucket(s3, tag);
+    let vol = unique_name(&format!("{tag}-vol"));
     create_ok(&d, &vol, &[("bucket", &b)]);
     let id = new_id();
     let mp = mount_ok(&d, &vol, &id);
@@ -108,6 +103,18 @@ fn remove_during_the_unmount_delay_ends_the_wait() {
         is_mountpoint(&mp) && d.s3fs_pids().len() == 1,
         "with --unmount-delay 30 the mount should still be there after the last Unmount"
     );
+    Some((d, vol))
+}
+
+#[test]
+#[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
+fn remove_during_the_unmount_delay_ends_the_wait() {
+    let Some((d, vol)) = in_the_unmount_delay(
+        "remove_during_the_unmount_delay_ends_the_wait",
+        "delay-remove",
+    ) else {
+        return;
+    };
     let t = Instant::now();
     d.remove(&vol)
         .unwrap_or_else(|e| panic!("Remove during the delay: {e}\n{}", d.logs_tail(30)));
@@ -129,22 +136,12 @@ fn remove_during_the_unmount_delay_ends_the_wait() {
 #[test]
 #[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
 fn sigterm_during_the_unmount_delay_ends_the_wait() {
-    let Some((s3, mut d)) = setup_with(
+    let Some((mut d, vol)) = in_the_unmount_delay(
         "sigterm_during_the_unmount_delay_ends_the_wait",
-        &["--unmount-delay", "30"],
+        "delay-term",
     ) else {
         return;
     };
-    let b = new_bucket(s3, "delay-term");
-    let vol = unique_name("delay-term-vol");
-    create_ok(&d, &vol, &[("bucket", &b)]);
-    let id = new_id();
-    let mp = mount_ok(&d, &vol, &id);
-    unmount_ok(&d, &vol, &id);
-    assert!(
-        is_mountpoint(&mp) && d.s3fs_pids().len() == 1,
-        "with --unmount-delay 30 the mount should still be there after the last Unmount"
-    );
     let pid = d.pid().unwrap_or(0);
     let took = d.terminate(Duration::from_secs(10));
     let logs = d.logs();

@@ -17,8 +17,6 @@ use crate::stats::{median, ms};
 use crate::{say, Res};
 
 pub const RUNS: usize = 7;
-/// Objects in the bucket the cold Mounts list (put there by the rig).
-pub const OBJECTS: usize = 300;
 
 /// The runs of one side, sorted, and their median.
 pub struct Runs {

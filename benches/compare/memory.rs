@@ -4,11 +4,10 @@
 use std::time::Duration;
 
 use crate::files::list_dir;
-use crate::rig::{bucket, remote, rss_kib, start_bai, start_rclone, stop_rclone, Env};
+use crate::rig::{bucket, remote, rss_kib, start_bai, start_rclone, stop_rclone, Env, MEM_MOUNTED};
 use crate::{say, Res};
 
 pub const VOLUMES: usize = 500;
-pub const MOUNTED: usize = 20;
 
 /// Resident memory in KiB.
 pub struct Memory {
@@ -35,7 +34,7 @@ pub fn run(env: &Env) -> Res<Memory> {
     let (base_b, base_r) = (rss_kib(mb.pid as i32), rss_kib(mr.pid as i32));
     for i in 0..VOLUMES {
         let name = format!("vol-{i:03}");
-        if i < MOUNTED {
+        if i < MEM_MOUNTED {
             let mut o = bucket("bench-mem");
             o.push(("prefix", format!("vf/{i}")));
             mb.p.create(&name, &o)?;
@@ -45,7 +44,7 @@ pub fn run(env: &Env) -> Res<Memory> {
             mr.p.create(&name, &remote("bench-mem"))?;
         }
     }
-    for i in 0..MOUNTED {
+    for i in 0..MEM_MOUNTED {
         let name = format!("vol-{i:03}");
         let m = mb.p.mount(&name, "c1")?;
         let n = list_dir(&m)?;
@@ -74,7 +73,7 @@ pub fn run(env: &Env) -> Res<Memory> {
         mem_r as f64 / 1024.0
     ));
     // Unmount first: the daemons then stop at once.
-    for i in 0..MOUNTED {
+    for i in 0..MEM_MOUNTED {
         let name = format!("vol-{i:03}");
         mb.p.unmount(&name, "c1")?;
         mr.p.unmount(&name, "c1")?;

@@ -15,6 +15,7 @@ use crate::fan::{self, FanIn};
 use crate::hot::HotMount;
 use crate::machine::Machine;
 use crate::memory::{self, Memory};
+use crate::rig;
 use crate::scale::Scale;
 use crate::seq::{self, DataPath, Seq};
 use crate::small::{self, Phase, Small, SmallFiles};
@@ -291,7 +292,7 @@ fn cold(s: &mut Sheet, j: &mut Map<String, Value>, c: &ColdMount) {
     };
     j.insert(
         "cold_mount".into(),
-        json!({"runs": cold::RUNS, "objects_in_bucket": cold::OBJECTS, "measure": "Mount request until the root is listed",
+        json!({"runs": cold::RUNS, "objects_in_bucket": rig::COLD_OBJECTS, "measure": "Mount request until the root is listed",
                "bai_s3": {"median_ms": ms(cb_m), "all_ms": list(&c.bai), "mount_reply_median_ms": ms(c.bai_reply.median)},
                "bare_s3fs": {"median_ms": ms(cs_m), "all_ms": list(&c.bare)},
                "rclone": {"median_ms": ms(cr_m), "all_ms": list(&c.rclone), "mount_reply_median_ms": ms(c.rclone_reply.median)}}),
@@ -410,7 +411,7 @@ fn memory(s: &mut Sheet, j: &mut Map<String, Value>, m: &Memory) {
     let mem_ratio = m.ratio();
     j.insert(
         "memory".into(),
-        json!({"volumes": memory::VOLUMES, "mounted": memory::MOUNTED,
+        json!({"volumes": memory::VOLUMES, "mounted": rig::MEM_MOUNTED,
                "bai_s3": {"rss_kib_total": mem_b, "rss_kib_daemon": m.bai_daemon, "s3fs_processes": mem_n, "rss_kib_daemon_idle": m.bai_idle},
                "rclone": {"rss_kib": mem_r, "rss_kib_idle": m.rclone_idle}}),
     );

@@ -15,8 +15,13 @@ use crate::procs::{self, exited, kill_s3fs_under, s3fs_pids, stop_pid, unmount_u
 use crate::s3::Raw;
 use crate::stats::MIB;
 use crate::support;
-use crate::{cold, memory};
 use crate::{say, Res};
+
+/// Objects the rig puts in `bench-cold`: what every cold Mount lists.
+pub const COLD_OBJECTS: usize = 300;
+/// Prefixes of `bench-mem` the rig seeds with one object each: the volumes the memory scenario
+/// mounts.
+pub const MEM_MOUNTED: usize = 20;
 
 pub struct Env {
     pub work: PathBuf,
@@ -71,14 +76,12 @@ impl Env {
         // test.
         raw.put_many(
             "bench-cold",
-            (0..cold::OBJECTS).map(|i| format!("k{i:04}")).collect(),
+            (0..COLD_OBJECTS).map(|i| format!("k{i:04}")).collect(),
             Bytes::from_static(b"x"),
         )?;
         raw.put_many(
             "bench-mem",
-            (0..memory::MOUNTED)
-                .map(|i| format!("vf/{i}/seed"))
-                .collect(),
+            (0..MEM_MOUNTED).map(|i| format!("vf/{i}/seed")).collect(),
             Bytes::from_static(b"x"),
         )?;
 

@@ -1,6 +1,11 @@
 //! What a test leaves behind: the leftover checks, the forced removal of mounts and s3fs, the
-//! daemon's Drop, and waiting until nothing of a daemon is mounted.
+//! daemon's Drop, waiting until nothing of a daemon is mounted, and mounts a test makes itself
+//! (`mount_guarded`), detached however the test ends.
 
+use std::ffi::OsStr;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use super::*;
@@ -125,4 +130,31 @@ pub fn wait_nothing_mounted(d: &Daemon, why: &str, within: Duration) {
         d.s3fs_pids(),
         d.logs_tail(60)
     );
+}
+
+/// Detaches a mount the test made when dropped (also when the test fails; after a daemon
+/// declared later is gone).
+pub struct Mounted(pub PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Runs `cmd`, which must succeed.
+pub fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `mount ARGS AT` (AT made when missing); detached when dropped.
+pub fn mount_guarded<S: AsRef<OsStr>>(at: &Path, args: &[S]) -> Mounted {
+    fs::create_dir_all(at).unwrap();
+    run_ok(Command::new("mount").args(args).arg(at));
+    Mounted(at.to_path_buf())
 }

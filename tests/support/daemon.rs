@@ -448,7 +448,7 @@ impl Daemon {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Test helpers shared by daemon.rs, faults.rs and hostile.rs
+// Test helpers shared by the integration tests (setup, create, mount, status)
 // ---------------------------------------------------------------------------------------------
 
 /// Prerequisites, the shared S3 server and a fresh daemon whose backend "default" is it.

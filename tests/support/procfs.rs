@@ -36,6 +36,14 @@ pub fn ppid(pid: i32) -> Option<i32> {
     after.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Real and effective uid of `pid`.
+pub fn uid_of(pid: i32) -> Option<(u32, u32)> {
+    let st = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = st.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    let mut ids = line.split_whitespace().map(|x| x.parse().ok());
+    Some((ids.next()??, ids.next()??))
+}
+
 /// Exists and is not a zombie.
 pub fn process_alive(pid: i32) -> bool {
     matches!(proc_state(pid), Some(c) if c != 'Z' && c != 'X')

@@ -103,6 +103,14 @@ impl S3 {
         Ok(())
     }
 
+    /// Deletes an (empty) bucket, e.g. behind a volume's back.
+    pub fn delete_bucket(&self, bucket: &str) -> Result<(), String> {
+        self.rt
+            .block_on(self.client.delete_bucket().bucket(bucket).send())
+            .map_err(sdk_err)?;
+        Ok(())
+    }
+
     pub fn create_bucket_if_missing(&self, bucket: &str) -> Result<(), String> {
         if self.bucket_exists(bucket)? {
             return Ok(());

@@ -121,7 +121,6 @@ impl From<StoreError> for io::Error {
 
 /// The persisted table; every change goes through [`Store::update`].
 pub struct Store {
-    dir: PathBuf,
     db_path: PathBuf,
     inner: Mutex<Inner>,
     /// Held for the store's life: one daemon per state folder.
@@ -211,7 +210,6 @@ impl Store {
         }
         db::set_durable(&conn, false)?;
         let store = Store {
-            dir: dir.to_path_buf(),
             db_path,
             inner: Mutex::new(Inner {
                 conn,
@@ -231,11 +229,6 @@ impl Store {
     /// The database's path, for messages.
     pub fn path(&self) -> PathBuf {
         self.db_path.clone()
-    }
-
-    /// The state folder.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// Set (`Some`) or delete (`None`) the record of `name` in one transaction; `durable` makes

@@ -187,22 +187,155 @@ pub struct ActivateReply {
 mod tests {
     use super::*;
 
+    /// The bodies as the engines write them: Go's `encoding/json` sends a Create without `-o`
+    /// as `"Opts":null` (a nil map), Docker's IDs are 64 hex digits, Podman's is one constant;
+    /// a field a newer engine adds must not make a request fail.
     #[test]
-    fn create_accepts_missing_and_null_opts() {
-        let r: CreateRequest = serde_json::from_str(r#"{"Name":"v"}"#).unwrap();
-        assert!(r.opts.is_none());
-        let r: CreateRequest = serde_json::from_str(r#"{"Name":"v","Opts":null}"#).unwrap();
-        assert!(r.opts.is_none());
-        let r: CreateRequest =
-            serde_json::from_str(r#"{"Name":"v","Opts":{"ro":"true"}}"#).unwrap();
-        assert_eq!(r.opts.unwrap()["ro"], "true");
+    fn requests_decode_as_dockerd_and_podman_write_them() {
+        let c: CreateRequest = serde_json::from_str(r#"{"Name":"v","Opts":null}"#).unwrap();
+        assert_eq!((c.volume(), c.id(), &c.opts), ("v", None, &None));
+        let c: CreateRequest = serde_json::from_str(r#"{"Name":"v"}"#).unwrap();
+        assert!(c.opts.is_none());
+        let c: CreateRequest =
+            serde_json::from_str(r#"{"Name":"v","Opts":{"bucket":"b","ro":"true"}}"#).unwrap();
+        let opts = c.opts.unwrap();
+        assert_eq!(
+            (opts["bucket"].as_str(), opts["ro"].as_str()),
+            ("b", "true")
+        );
+
+        let docker_id = "8f0c5d0c5f2f4a8c9a3e3b1d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d9c8b";
+        let podman_id = "2f73349cfc4630255319c6c8dfc1b46a8996ace9d14d8e07563b165915918ec2";
+        for id in [docker_id, podman_id] {
+            let m: MountRequest =
+                serde_json::from_str(&format!(r#"{{"Name":"v","ID":"{id}"}}"#)).unwrap();
+            assert_eq!((m.volume(), m.id()), ("v", Some(id)));
+        }
+        let n: NameRequest = serde_json::from_str(r#"{"Name":"v"}"#).unwrap();
+        assert_eq!((n.volume(), n.id()), ("v", None));
+
+        // Unknown fields are ignored, not refused.
+        let m: MountRequest =
+            serde_json::from_str(r#"{"Name":"v","ID":"x","Future":{"a":[1]}}"#).unwrap();
+        assert_eq!((m.volume(), m.id()), ("v", Some("x")));
+        let c: CreateRequest =
+            serde_json::from_str(r#"{"Name":"v","Opts":null,"Labels":{"k":"l"}}"#).unwrap();
+        assert_eq!(c.volume(), "v");
     }
 
+    fn json<T: Serialize>(reply: &T) -> String {
+        serde_json::to_string(reply).unwrap()
+    }
+
+    /// Every reply, byte for byte as dockerd decodes it: Go's field names, `Err` always present
+    /// (empty on success), `Scope` `local`.
     #[test]
-    fn wrong_types_and_missing_fields_are_errors() {
-        assert!(serde_json::from_str::<MountRequest>(r#"{"Name":"v"}"#).is_err());
-        assert!(serde_json::from_str::<NameRequest>(r#"{"Name":7}"#).is_err());
-        assert!(serde_json::from_str::<CreateRequest>(r#"{"Name":"v","Opts":{"a":1}}"#).is_err());
+    fn replies_are_the_json_dockerd_decodes() {
+        assert_eq!(json(&ErrReply::default()), r#"{"Err":""}"#);
+        assert_eq!(
+            json(&ErrReply {
+                err: "no such volume".into()
+            }),
+            r#"{"Err":"no such volume"}"#
+        );
+        assert_eq!(
+            json(&MountpointReply::at("/mnt/bai-s3/v".into())),
+            r#"{"Mountpoint":"/mnt/bai-s3/v","Err":""}"#
+        );
+        let volume = |mountpoint: &str| Volume {
+            name: "v".into(),
+            mountpoint: mountpoint.into(),
+            created_at: Some("2026-11-25T00:00:00Z".into()),
+            status: Some([("health".to_string(), json!("ok"))].into_iter().collect()),
+        };
+        assert_eq!(
+            json(&GetReply {
+                volume: volume("/mnt/bai-s3/v"),
+                err: String::new()
+            }),
+            r#"{"Volume":{"Name":"v","Mountpoint":"/mnt/bai-s3/v","CreatedAt":"2026-11-25T00:00:00Z","Status":{"health":"ok"}},"Err":""}"#
+        );
+        assert_eq!(
+            json(&ListReply {
+                volumes: vec![volume("")],
+                err: String::new()
+            }),
+            r#"{"Volumes":[{"Name":"v","CreatedAt":"2026-11-25T00:00:00Z","Status":{"health":"ok"}}],"Err":""}"#
+        );
+        assert_eq!(
+            json(&CapabilitiesReply {
+                capabilities: Capabilities { scope: "local" }
+            }),
+            r#"{"Capabilities":{"Scope":"local"}}"#
+        );
+        assert_eq!(
+            json(&ActivateReply {
+                implements: vec!["VolumeDriver"]
+            }),
+            r#"{"Implements":["VolumeDriver"]}"#
+        );
+    }
+
+    /// `docker volume inspect`'s Status: the options a volume set (`umask` as octal text, no
+    /// `prefix` when it has none), its mount state, and messages only when there are some; a
+    /// volume whose stored options are refused shows the bucket as stored and why.
+    #[test]
+    fn status_has_the_shape_docker_volume_inspect_shows() {
+        use crate::driver::Problem;
+        use crate::mounter::Health;
+        use crate::options::VolumeOptions;
+        use std::time::{Duration, UNIX_EPOCH};
+
+        let opts: BTreeMap<String, String> =
+            [("bucket", "team-data"), ("uid", "1000"), ("umask", "027")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        let parsed = VolumeOptions::parse("v", &opts, "backends.toml").unwrap();
+        let status = VolumeStatus {
+            settings: Shown::Parsed(parsed),
+            mounted: true,
+            holders: 2,
+            health: Health::Ok,
+            since: UNIX_EPOCH + Duration::from_secs(86_400),
+            last_error: None,
+            problem: None,
+        };
+        assert_eq!(
+            Value::Object(status_json(&status)),
+            json!({
+                "backend": "default", "bucket": "team-data", "ro": false, "uid": 1000, "gid": 0,
+                "umask": "027", "mounted": true, "holders": 2, "health": "ok",
+                "since": "1970-01-02T00:00:00Z",
+            })
+        );
+
+        let stored: BTreeMap<String, String> = [("bucket", "b"), ("prefix", "p/"), ("gone", "1")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let refused = VolumeOptions::parse("v", &stored, "backends.toml").unwrap_err();
+        let problem = Problem::Refused(refused);
+        let status = VolumeStatus {
+            settings: Shown::Refused(stored),
+            mounted: false,
+            holders: 0,
+            health: Health::NotMounted,
+            since: UNIX_EPOCH,
+            last_error: None,
+            problem: Some(problem.clone()),
+        };
+        assert_eq!(
+            Value::Object(status_json(&status)),
+            json!({
+                "bucket": "b", "prefix": "p/", "mounted": false, "holders": 0,
+                "health": "not mounted", "since": "1970-01-01T00:00:00Z",
+                "problem": problem.to_string(),
+            })
+        );
+        assert!(problem
+            .to_string()
+            .starts_with("its stored options are refused by this bai-s3"));
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! instead of at container start.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_s3::config::http::HttpResponse;
@@ -64,12 +66,34 @@ pub enum BucketError {
         detail: String,
     },
     /// The backend's own settings are unusable (its CA file, its TLS settings).
-    #[error("backend {backend:?}: {detail}")]
-    Settings { backend: String, detail: String },
+    #[error("backend {backend:?}: {source}")]
+    Settings {
+        backend: String,
+        #[source]
+        source: SettingsError,
+    },
     #[error("creating bucket {bucket:?} failed: {cause}")]
     Create {
         bucket: String,
+        #[source]
         cause: Box<BucketError>,
+    },
+}
+
+/// Why a backend's TLS client cannot be built: found before any request is sent. The causes
+/// are shared (`Arc`) because a [`BucketError`] is cloned to every caller of one Create.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot read ca-file {} of the backend: {source}", .path.display())]
+    CaFile {
+        path: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    #[error("invalid TLS settings of the backend: {source}")]
+    Tls {
+        #[source]
+        source: Arc<aws_smithy_http_client::HttpClientError>,
     },
 }
 
@@ -91,25 +115,29 @@ pub struct S3Checker {
 }
 
 /// The HTTPS client: public roots plus the backend's own CA file when it has one.
-fn http_client(backend: &Backend) -> Result<aws_sdk_s3::config::SharedHttpClient, String> {
+fn http_client(backend: &Backend) -> Result<aws_sdk_s3::config::SharedHttpClient, SettingsError> {
     use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
     let mut trust = TrustStore::default();
     if let Some(ca) = &backend.ca_file {
-        let pem = std::fs::read(ca)
-            .map_err(|e| format!("cannot read ca-file {} of the backend: {e}", ca.display()))?;
+        let pem = std::fs::read(ca).map_err(|e| SettingsError::CaFile {
+            path: ca.clone(),
+            source: Arc::new(e),
+        })?;
         trust = trust.with_pem_certificate(pem);
     }
     let ctx = TlsContext::builder()
         .with_trust_store(trust)
         .build()
-        .map_err(|e| format!("invalid TLS settings of the backend: {e}"))?;
+        .map_err(|e| SettingsError::Tls {
+            source: Arc::new(e),
+        })?;
     Ok(aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
         .tls_context(ctx)
         .build_https())
 }
 
-fn client(backend: &Backend, timeout: Duration) -> Result<aws_sdk_s3::Client, String> {
+fn client(backend: &Backend, timeout: Duration) -> Result<aws_sdk_s3::Client, SettingsError> {
     let creds = Credentials::new(
         backend.access_key.clone(),
         backend.secret_key.expose().to_string(),
@@ -205,9 +233,9 @@ impl BucketChecker for S3Checker {
     ) -> BoxFuture<'a, Result<(), BucketError>> {
         Box::pin(async move {
             let timeout = self.timeout;
-            let c = client(backend, timeout).map_err(|detail| BucketError::Settings {
+            let c = client(backend, timeout).map_err(|source| BucketError::Settings {
                 backend: name.to_string(),
-                detail,
+                source,
             })?;
             let head = tokio::time::timeout(timeout, c.head_bucket().bucket(bucket).send()).await;
             let err = match head {
@@ -235,5 +263,51 @@ impl BucketChecker for S3Checker {
                 }),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(ca_file: &std::path::Path) -> Backend {
+        let text = format!(
+            "[backends.b]\nendpoint = \"https://s3.example.invalid\"\naccess-key = \"ak\"\nsecret-key = \"sk\"\nca-file = {:?}\n",
+            ca_file.display().to_string()
+        );
+        crate::backends::parse("backends.toml", &text)
+            .unwrap()
+            .remove("b")
+            .unwrap()
+    }
+
+    async fn check(ca_file: &std::path::Path) -> BucketError {
+        let checker = S3Checker {
+            timeout: Duration::from_secs(5),
+        };
+        checker
+            .check("b", &backend(ca_file), "bucket", false)
+            .await
+            .unwrap_err()
+    }
+
+    /// A CA file that cannot be read is the backend's settings, said before any request, with
+    /// the I/O error kept as the cause.
+    #[tokio::test]
+    async fn an_unreadable_ca_file_is_a_settings_error_with_its_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("ca.pem");
+        let err = check(&missing).await;
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "backend \"b\": cannot read ca-file {} of the backend: No such file or directory (os error 2)",
+                missing.display()
+            )
+        );
+        let io = std::error::Error::source(&err)
+            .and_then(|e| e.source())
+            .and_then(|e| e.downcast_ref::<Arc<std::io::Error>>());
+        assert_eq!(io.map(|e| e.kind()), Some(std::io::ErrorKind::NotFound));
     }
 }

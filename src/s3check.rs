@@ -90,10 +90,32 @@ pub enum SettingsError {
         #[source]
         source: Arc<std::io::Error>,
     },
+    /// The TLS client would panic on it (it `expect`s every certificate to parse).
+    #[error("ca-file {} of the backend holds no usable CA certificate: {source}; give a PEM file of CA certificates", .path.display())]
+    CaCertificates {
+        path: PathBuf,
+        #[source]
+        source: Arc<CaProblem>,
+    },
     #[error("invalid TLS settings of the backend: {source}")]
     Tls {
         #[source]
         source: Arc<aws_smithy_http_client::HttpClientError>,
+    },
+}
+
+/// Why a ca-file's contents cannot be trusted roots.
+#[derive(Debug, thiserror::Error)]
+pub enum CaProblem {
+    #[error("not PEM ({0})")]
+    NotPem(#[source] rustls_pki_types::pem::Error),
+    #[error("no CERTIFICATE block in it")]
+    NoCertificate,
+    #[error("certificate {number} does not parse ({source})")]
+    Unparsable {
+        number: usize,
+        #[source]
+        source: rustls::Error,
     },
 }
 
@@ -123,6 +145,10 @@ fn http_client(backend: &Backend) -> Result<aws_sdk_s3::config::SharedHttpClient
             path: ca.clone(),
             source: Arc::new(e),
         })?;
+        check_ca_pem(&pem).map_err(|problem| SettingsError::CaCertificates {
+            path: ca.clone(),
+            source: Arc::new(problem),
+        })?;
         trust = trust.with_pem_certificate(pem);
     }
     let ctx = TlsContext::builder()
@@ -135,6 +161,27 @@ fn http_client(backend: &Backend) -> Result<aws_sdk_s3::config::SharedHttpClient
         .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
         .tls_context(ctx)
         .build_https())
+}
+
+/// What the TLS client does with a ca-file, done first: it parses the PEM and adds each
+/// certificate to its roots with `expect`, so a file it cannot take must be refused here.
+fn check_ca_pem(pem: &[u8]) -> Result<(), CaProblem> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let ders = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(CaProblem::NotPem)?;
+    if ders.is_empty() {
+        return Err(CaProblem::NoCertificate);
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for (n, der) in ders.into_iter().enumerate() {
+        roots.add(der).map_err(|source| CaProblem::Unparsable {
+            number: n + 1,
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 fn client(backend: &Backend, timeout: Duration) -> Result<aws_sdk_s3::Client, SettingsError> {
@@ -289,6 +336,50 @@ mod tests {
             .check("b", &backend(ca_file), "bucket", false)
             .await
             .unwrap_err()
+    }
+
+    /// A self-signed CA certificate (P-256), for the ca-file checks.
+    const CA_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIBiTCCAS+gAwIBAgIUAfG0OSwdZaGkjfYeg79HWUWgBDIwCgYIKoZIzj0EAwIw\nGTEXMBUGA1UEAwwOYmFpLXMzIHRlc3QgQ0EwIBcNMjYxMjA0MTU0OTIxWhgPMjEy\nNjExMTAxNTQ5MjFaMBkxFzAVBgNVBAMMDmJhaS1zMyB0ZXN0IENBMFkwEwYHKoZI\nzj0CAQYIKoZIzj0DAQcDQgAEFPlr/YWqcPRuoez1W0FKVBPU+jvlghonI8P/Q6V8\nxLtXQIKfICgvR76J4DA7LxxYFPaFzjY4Fu5+GMaFhzP+UaNTMFEwHQYDVR0OBBYE\nFFyzQRrSgaH3zR6Er4thRG8FOUKpMB8GA1UdIwQYMBaAFFyzQRrSgaH3zR6Er4th\nRG8FOUKpMA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDSAAwRQIgD6VQunfb\njtWfMWj+9v09Zf5WYbHVePzqoQrttK9sTvcCIQDUwL3x98rX4/gQDeZ9mwXEvyHh\nF9Rm2e+1TtPcOFIw6A==\n-----END CERTIFICATE-----\n";
+
+    /// The TLS client `expect`s a ca-file to parse: what it would panic on is refused first,
+    /// naming the file, and a good file passes.
+    #[test]
+    fn a_ca_file_the_tls_client_cannot_take_is_refused_before_it() {
+        assert!(check_ca_pem(CA_PEM.as_bytes()).is_ok());
+        let garbage = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        assert!(matches!(
+            check_ca_pem(garbage.as_bytes()),
+            Err(CaProblem::Unparsable { number: 1, .. })
+        ));
+        let second_bad = format!("{CA_PEM}{garbage}");
+        assert!(matches!(
+            check_ca_pem(second_bad.as_bytes()),
+            Err(CaProblem::Unparsable { number: 2, .. })
+        ));
+        assert!(matches!(
+            check_ca_pem(b"no pem here\n"),
+            Err(CaProblem::NoCertificate)
+        ));
+    }
+
+    /// Over the checker: the Create's error names the file and what to give, never a panic.
+    #[tokio::test]
+    async fn a_ca_file_without_a_parsable_certificate_is_a_settings_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let err = check(&ca).await.to_string();
+        assert!(
+            err.starts_with(&format!(
+                "backend \"b\": ca-file {} of the backend holds no usable CA certificate: certificate 1 does not parse",
+                ca.display()
+            )) && err.ends_with("; give a PEM file of CA certificates"),
+            "{err}"
+        );
     }
 
     /// A CA file that cannot be read is the backend's settings, said before any request, with

@@ -10,6 +10,7 @@ use std::time::Duration;
 use super::*;
 use crate::backends::{Backend, Backends};
 use crate::mounter::fake::FakeMounter;
+use crate::mounter::Health;
 use crate::s3check::{BoxFuture, BucketChecker, BucketError};
 
 struct OkChecker;

@@ -543,7 +543,7 @@ mod tests {
         assert_eq!(failure_cause(&unknown), "backend");
         let persist = Error::Persist {
             path: "/s".into(),
-            source: Arc::new(std::io::Error::other("read-only")),
+            source: std::io::Error::other("read-only"),
         };
         assert_eq!(failure_cause(&persist), "state");
         assert_eq!(failure_cause(&Error::ShuttingDown), "other");

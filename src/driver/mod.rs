@@ -128,7 +128,7 @@ impl<M: Mounter> Driver<M> {
             .update(name, record, durable)
             .map_err(|source| Error::Persist {
                 path: self.store.path().display().to_string(),
-                source: Arc::new(source),
+                source,
             })
     }
 

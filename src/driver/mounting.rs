@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
-use super::table::{VolState, Volume, Waiter};
+use super::table::{Outcome, VolState, Volume, Waiter};
 use super::Driver;
 use crate::error::{Error, Result};
 use crate::mounter::{Health, Mounter};
@@ -38,17 +38,17 @@ impl<M: Mounter> Driver<M> {
                 me.serve_mounts(&vol, &mut st).await;
             }
         });
-        rx.await
-            .unwrap_or_else(|_| Err(Error::Internal("the mount did not finish".into())))
+        match rx.await {
+            Ok(outcome) => outcome.map_err(Error::from_shared),
+            Err(closed) => Err(Error::MountUnfinished(closed)),
+        }
     }
 
     /// Serve every queued Mount of `vol` (the caller holds its lock and is in the queue).
     async fn serve_mounts(&self, vol: &Volume, st: &mut VolState) {
         if st.removed {
-            reply_all(
-                vol.queue_take(),
-                &Err(Error::NoSuchVolume(vol.name.clone())),
-            );
+            let gone = Arc::new(Error::NoSuchVolume(vol.name.clone()));
+            reply_all(vol.queue_take(), &Err(gone));
             return;
         }
         self.repair_if_stale(vol, st).await;
@@ -68,7 +68,7 @@ impl<M: Mounter> Driver<M> {
             return;
         }
         if let Err(e) = self.hold(vol, st, &batch, mounted_here).await {
-            reply_all(batch, &Err(e));
+            reply_all(batch, &Err(Arc::new(e)));
             return;
         }
         self.answer(vol, st, batch);
@@ -130,8 +130,13 @@ impl<M: Mounter> Driver<M> {
         vol.publish(st);
     }
 
-    /// Mount `vol` now (its lock held), noting the outcome for Get.
-    pub(super) async fn mount_now(&self, vol: &Volume, st: &mut VolState) -> Result<()> {
+    /// Mount `vol` now (its lock held), noting the outcome for Get; a failure is shared by
+    /// Get and every caller the attempt was made for.
+    pub(super) async fn mount_now(
+        &self,
+        vol: &Volume,
+        st: &mut VolState,
+    ) -> std::result::Result<(), Arc<Error>> {
         let result = match self.spec(vol) {
             Ok(spec) => self
                 .mounter
@@ -143,19 +148,22 @@ impl<M: Mounter> Driver<M> {
                 }),
             Err(e) => Err(e),
         };
-        let result = result.map(|shared| st.shared = Some(shared));
-        match &result {
-            Ok(()) => {
+        let result = match result {
+            Ok(shared) => {
+                st.shared = Some(shared);
                 st.mounted = true;
                 st.last_failure = None;
                 tracing::info!(volume = %vol.name, target = %vol.target.display(), "mounted");
+                Ok(())
             }
             Err(e) => {
-                crate::metrics::mount_failed(e);
-                st.last_failure = Some(e.clone());
+                crate::metrics::mount_failed(&e);
+                let e = Arc::new(e);
+                st.last_failure = Some(Arc::clone(&e));
                 tracing::warn!(volume = %vol.name, error = %e, "mount failed");
+                Err(e)
             }
-        }
+        };
         vol.publish(st);
         result
     }
@@ -249,7 +257,7 @@ impl<M: Mounter> Driver<M> {
 }
 
 /// Give every caller in `batch` the same answer.
-fn reply_all(batch: Vec<Waiter>, r: &Result<PathBuf>) {
+fn reply_all(batch: Vec<Waiter>, r: &Outcome) {
     for w in batch {
         let _ = w.reply.send(r.clone());
     }

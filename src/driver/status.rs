@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::table::Volume;
@@ -33,7 +34,7 @@ pub struct VolumeStatus {
     /// When `mounted` last changed.
     pub since: SystemTime,
     /// The last failed mount attempt.
-    pub last_error: Option<Error>,
+    pub last_error: Option<Arc<Error>>,
     /// Why a new mount of this volume would fail, while its existing mounts go on.
     pub problem: Option<Problem>,
 }

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use tokio::sync::oneshot;
 
-use crate::error::{Error, Result};
+use crate::error::Error;
 use crate::options::{OptionError, VolumeOptions};
 use crate::state::VolumeRecord;
 
@@ -20,8 +20,8 @@ pub(super) struct VolState {
     pub(super) holders: BTreeMap<String, u64>,
     pub(super) mounted: bool,
     pub(super) removed: bool,
-    /// The last failed mount attempt, for Status.
-    pub(super) last_failure: Option<Error>,
+    /// The last failed mount attempt, for Status (shared with the callers it was given to).
+    pub(super) last_failure: Option<Arc<Error>>,
     /// The delayed unmount waiting out `--unmount-delay` after the last holder left; a new
     /// holder, Remove or shutdown cancels it. Only code holding this state aborts it, so it is
     /// never cut off half-way through its unmount (it takes the same lock first).
@@ -62,13 +62,16 @@ pub(super) struct View {
     pub(super) holders: u64,
     pub(super) mounted: bool,
     pub(super) since: SystemTime,
-    pub(super) last_error: Option<Error>,
+    pub(super) last_error: Option<Arc<Error>>,
 }
+
+/// A Mount's answer, which all the callers served by one attempt share.
+pub(super) type Outcome = std::result::Result<PathBuf, Arc<Error>>;
 
 /// One queued Mount: the caller's ID and where its answer goes.
 pub(super) struct Waiter {
     pub(super) id: String,
-    pub(super) reply: oneshot::Sender<Result<PathBuf>>,
+    pub(super) reply: oneshot::Sender<Outcome>,
 }
 
 /// One volume of the table.

@@ -147,6 +147,43 @@ async fn concurrent_first_mounts_share_one_attempt_and_its_failure() {
 }
 
 #[tokio::test]
+async fn every_caller_of_a_failed_attempt_is_told_its_cause_as_get_shows_it() {
+    let env = Env::new();
+    let m = FakeMounter::default();
+    *m.delay.lock().unwrap() = Duration::from_millis(50);
+    m.fail_next.store(true, Ordering::SeqCst);
+    let d = env.driver(m, Duration::ZERO);
+    d.create("vol", &opts(&[])).await.unwrap();
+    let calls: Vec<_> = (0..4)
+        .map(|i| {
+            let d = d.clone();
+            tokio::spawn(async move { d.mount("vol", &format!("id{i}")).await })
+        })
+        .collect();
+    let shown = |e: Error| {
+        let cause = std::error::Error::source(&e).map(|s| s.to_string());
+        (e.to_string(), cause)
+    };
+    let mut answers = Vec::new();
+    for c in calls {
+        answers.push(shown(c.await.unwrap().unwrap_err()));
+    }
+    assert_eq!(d.mounter.mounts.load(Ordering::SeqCst), 1);
+    let last_error = status(&d, "vol")["last-error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(last_error.contains("fake failure"), "{last_error}");
+    for (message, cause) in answers {
+        assert_eq!(message, last_error);
+        assert_eq!(
+            cause.as_deref(),
+            Some("s3fs exited before the mount was ready: fake failure")
+        );
+    }
+}
+
+#[tokio::test]
 async fn create_is_idempotent_and_refuses_different_options() {
     let env = Env::new();
     let d = env.driver(FakeMounter::default(), Duration::ZERO);

@@ -1,7 +1,7 @@
 //! Putting the daemon together: logging, the pieces of the driver, the socket first and the
 //! restore after, then serving until SIGTERM.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,14 +11,70 @@ use tracing_subscriber::EnvFilter;
 use crate::backends::Backends;
 use crate::cli::{LogFormat, ServeArgs};
 use crate::driver::{Driver, Settings};
+use crate::fsutil::DirError;
 use crate::mounter::s3fs::{S3fsConfig, S3fsMounter};
 use crate::s3check::S3Checker;
-use crate::state::Store;
+use crate::state::{Store, StoreError};
+
+/// A `--log-level` that is no tracing filter: refused at start rather than logging at some
+/// default the operator did not ask for.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid --log-level {level:?}: {source} (use error, warn, info, debug or trace)")]
+pub struct LogLevelError {
+    pub level: String,
+    #[source]
+    pub source: tracing_subscriber::filter::ParseError,
+}
+
+/// Why `bai-s3 serve` did not start or stopped serving. Each message is what the operator reads
+/// on stderr (and in the log): which folder, socket or setting, and the system's answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A folder of the daemon's own is unsafe (a link, not root's, open to others) or overlaps
+    /// another; it is refused as it is, never repaired.
+    #[error("refusing to start: {0}")]
+    Folders(#[source] DirError),
+    /// Another daemon holds the state folder: the system's answer names it and its pid.
+    #[error("{0}")]
+    StateTaken(#[source] StoreError),
+    #[error("cannot open state folder {}: {source}", .path.display())]
+    State {
+        path: PathBuf,
+        #[source]
+        source: StoreError,
+    },
+    #[error("cannot create mount root {}: {source}", .path.display())]
+    MountRoot {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {}: {source}", .path.display())]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// SIGTERM or SIGINT could not be watched, so the daemon could not stop cleanly.
+    #[error("{0}")]
+    Signals(#[source] std::io::Error),
+    /// The metrics endpoint could not be set up, in the words of the metrics wiring.
+    #[error("{0}")]
+    Metrics(String),
+}
+
+/// The metrics wiring says its failures in words.
+impl From<String> for ServeError {
+    fn from(said: String) -> Self {
+        ServeError::Metrics(said)
+    }
+}
 
 /// Set up logging to stderr. A bad `--log-level` is an error, not a silent default.
-pub fn init_logging(level: &str, format: LogFormat) -> Result<(), String> {
-    let filter = EnvFilter::try_new(level).map_err(|e| {
-        format!("invalid --log-level {level:?}: {e} (use error, warn, info, debug or trace)")
+pub fn init_logging(level: &str, format: LogFormat) -> Result<(), LogLevelError> {
+    let filter = EnvFilter::try_new(level).map_err(|source| LogLevelError {
+        level: level.to_string(),
+        source,
     })?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -49,18 +105,21 @@ fn raise_open_files_limit() {
 }
 
 /// Run `bai-s3 serve` until SIGTERM or SIGINT.
-pub async fn serve(args: ServeArgs) -> Result<(), String> {
+pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     raise_open_files_limit();
     // Before anything is written: folders that are links, not root's, or open to others are
     // refused as they are (never chmod-ed); missing ones are made 0700.
     crate::fsutil::check_layout(&args.state_dir, &args.mount_root, &args.config)
-        .map_err(|e| format!("refusing to start: {e}"))?;
+        .map_err(ServeError::Folders)?;
     let name_key = crate::fsutil::prepare_daemon_folders(&args.state_dir, &args.mount_root)
-        .map_err(|e| format!("refusing to start: {e}"))?;
-    let (store, report) = Store::open(&args.state_dir).map_err(|e| match e.kind() {
+        .map_err(ServeError::Folders)?;
+    let (store, report) = Store::open(&args.state_dir).map_err(|source| match source.kind() {
         // Another daemon has the folder: the message names it and its pid.
-        std::io::ErrorKind::WouldBlock => e.to_string(),
-        _ => format!("cannot open state folder {}: {e}", args.state_dir.display()),
+        std::io::ErrorKind::WouldBlock => ServeError::StateTaken(source),
+        _ => ServeError::State {
+            path: args.state_dir.clone(),
+            source,
+        },
     })?;
     if !report.problems.is_empty() {
         tracing::error!(
@@ -68,11 +127,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
             "state was damaged; see the lines above"
         );
     }
-    std::fs::create_dir_all(&args.mount_root).map_err(|e| {
-        format!(
-            "cannot create mount root {}: {e}",
-            args.mount_root.display()
-        )
+    std::fs::create_dir_all(&args.mount_root).map_err(|source| ServeError::MountRoot {
+        path: args.mount_root.clone(),
+        source,
     })?;
     let backends = Backends::open(&args.config);
     let mounter = S3fsMounter::new(S3fsConfig {
@@ -140,8 +197,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
 
     // Listen first: dockerd gives a plugin about 10 s to answer, and restoring mounts may
     // take longer than that.
-    let listener = crate::server::bind(&args.socket)
-        .map_err(|e| format!("cannot listen on {}: {e}", args.socket.display()))?;
+    let listener = crate::server::bind(&args.socket).map_err(|source| ServeError::Socket {
+        path: args.socket.clone(),
+        source,
+    })?;
     tracing::info!(socket = %args.socket.display(), version = env!("CARGO_PKG_VERSION"), "bai-s3 listening");
 
     let d = Arc::clone(&driver);
@@ -158,8 +217,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         }
     });
 
-    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let mut term = signal(SignalKind::terminate()).map_err(ServeError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(ServeError::Signals)?;
     let shutdown = async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
@@ -222,5 +281,78 @@ mod s3fs_usage {
             assert_eq!(parse_vm_rss("Name:\tkthread\n"), None);
             assert!(resident_bytes(std::process::id()).is_some_and(|b| b > 0));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    /// The operator reads these on stderr, and scripts may match them: word for word what the
+    /// daemon said before its errors were typed, with the system's answer kept as the cause.
+    #[test]
+    fn start_up_errors_say_what_and_keep_the_cause() {
+        let io = || std::io::Error::other("permission denied");
+        let cases = [
+            (
+                ServeError::State {
+                    path: "/var/lib/bai-s3".into(),
+                    source: io().into(),
+                },
+                "cannot open state folder /var/lib/bai-s3: permission denied",
+            ),
+            (
+                ServeError::MountRoot {
+                    path: "/var/lib/bai-s3/volumes".into(),
+                    source: io(),
+                },
+                "cannot create mount root /var/lib/bai-s3/volumes: permission denied",
+            ),
+            (
+                ServeError::Socket {
+                    path: "/run/docker/plugins/bai-s3.sock".into(),
+                    source: io(),
+                },
+                "cannot listen on /run/docker/plugins/bai-s3.sock: permission denied",
+            ),
+            (ServeError::StateTaken(io().into()), "permission denied"),
+            (ServeError::Signals(io()), "permission denied"),
+        ];
+        for (e, said) in cases {
+            assert_eq!(e.to_string(), said);
+            let cause = e.source().map(|s| s.to_string());
+            assert_eq!(cause.as_deref(), Some("permission denied"), "{e:?}");
+        }
+        let folders = ServeError::Folders(DirError::Symlink {
+            path: "/var/lib/bai-s3".into(),
+        });
+        assert!(
+            folders
+                .to_string()
+                .starts_with("refusing to start: /var/lib/bai-s3 is a symbolic link"),
+            "{folders}"
+        );
+        assert!(folders.source().is_some());
+    }
+
+    #[test]
+    fn a_bad_log_level_is_refused_with_its_cause() {
+        let e = init_logging("bai_s3=[", LogFormat::Text).unwrap_err();
+        let said = e.to_string();
+        assert!(
+            said.starts_with("invalid --log-level \"bai_s3=[\": "),
+            "{said}"
+        );
+        assert!(
+            said.ends_with(" (use error, warn, info, debug or trace)"),
+            "{said}"
+        );
+        let cause = e.source().map(|s| s.to_string()).unwrap_or_default();
+        assert!(
+            !cause.is_empty() && said.contains(&cause),
+            "{said} / {cause}"
+        );
     }
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use super::*;
 use crate::backends::{Backend, Backends};
 use crate::mounter::fake::FakeMounter;
+use crate::mounter::Health;
 use crate::s3check::{BoxFuture, BucketChecker, BucketError};
 
 struct OkChecker;
@@ -117,32 +118,69 @@ async fn counting_is_per_id_and_the_last_holder_unmounts() {
     assert!(d.get("vol").is_err());
 }
 
-#[tokio::test]
-async fn concurrent_first_mounts_share_one_attempt_and_its_failure() {
-    let env = Env::new();
+/// A driver whose first mount fails after 50 ms, with volume "vol" created.
+async fn failing_once(env: &Env) -> Arc<Driver<FakeMounter>> {
     let m = FakeMounter::default();
     *m.delay.lock().unwrap() = Duration::from_millis(50);
     m.fail_next.store(true, Ordering::SeqCst);
     let d = env.driver(m, Duration::ZERO);
     d.create("vol", &opts(&[])).await.unwrap();
-    let calls: Vec<_> = (0..8)
+    d
+}
+
+/// `n` Mounts of "vol" by different IDs at once; their answers.
+async fn mount_at_once(d: &Arc<Driver<FakeMounter>>, n: usize) -> Vec<Result<PathBuf>> {
+    let calls: Vec<_> = (0..n)
         .map(|i| {
             let d = d.clone();
             tokio::spawn(async move { d.mount("vol", &format!("id{i}")).await })
         })
         .collect();
-    let mut errs = 0;
+    let mut answers = Vec::new();
     for c in calls {
-        if c.await.unwrap().is_err() {
-            errs += 1;
-        }
+        answers.push(c.await.unwrap());
     }
+    answers
+}
+
+#[tokio::test]
+async fn concurrent_first_mounts_share_one_attempt_and_its_failure() {
+    let env = Env::new();
+    let d = failing_once(&env).await;
+    let errs = mount_at_once(&d, 8)
+        .await
+        .iter()
+        .filter(|r| r.is_err())
+        .count();
     assert_eq!(errs, 8, "all waiters share the failed attempt");
     assert_eq!(d.mounter.mounts.load(Ordering::SeqCst), 1);
     assert_eq!(holders(&d, "vol"), 0);
     // The next caller tries again, and succeeds.
     d.mount("vol", "later").await.unwrap();
     assert_eq!(d.mounter.mounts.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn every_caller_of_a_failed_attempt_is_told_its_cause_as_get_shows_it() {
+    let env = Env::new();
+    let d = failing_once(&env).await;
+    let answers = mount_at_once(&d, 4).await;
+    assert_eq!(d.mounter.mounts.load(Ordering::SeqCst), 1);
+    let last_error = status(&d, "vol")["last-error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(last_error.contains("fake failure"), "{last_error}");
+    for answer in answers {
+        let e = answer.unwrap_err();
+        assert_eq!(e.to_string(), last_error);
+        assert_eq!(
+            std::error::Error::source(&e)
+                .map(|s| s.to_string())
+                .as_deref(),
+            Some("s3fs exited before the mount was ready: fake failure")
+        );
+    }
 }
 
 #[tokio::test]

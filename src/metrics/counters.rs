@@ -219,8 +219,6 @@ pub(super) fn register(r: &mut Registry) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
     use crate::mounter::MountError;
 
@@ -325,7 +323,7 @@ mod tests {
         assert_eq!(failure_cause(&unknown), "backend");
         let persist = Error::Persist {
             path: "/s".into(),
-            source: Arc::new(std::io::Error::other("read-only")),
+            source: std::io::Error::other("read-only"),
         };
         assert_eq!(failure_cause(&persist), "state");
         assert_eq!(failure_cause(&Error::ShuttingDown), "other");

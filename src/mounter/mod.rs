@@ -170,6 +170,16 @@ pub enum Adoption {
     Absent,
 }
 
+/// What a mounter's s3fs processes cost the host, for the metrics scrape: read through the
+/// mounter (and its [`sys::Sys`]), so the scrape never reads `/proc` itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Live s3fs processes the mounter holds (started or adopted, so proven its own).
+    pub s3fs_processes: u64,
+    /// Their resident memory (`VmRSS`), summed, in bytes.
+    pub s3fs_resident_bytes: u64,
+}
+
 /// How volumes are mounted; the seam between counting (driver) and processes (s3fs).
 pub trait Mounter: Send + Sync + 'static {
     /// Make the volume appear at `spec.target`, returning only when its root answers, with the
@@ -205,4 +215,8 @@ pub trait Mounter: Send + Sync + 'static {
     /// Remove what earlier runs left under the mount root, where provably ours and not used by
     /// any target in `keep` (every held volume's, whatever state its mount is in).
     fn sweep(&self, keep: &[PathBuf]) -> impl Future<Output = ()> + Send;
+
+    /// The s3fs processes this mounter holds and their memory, now (cheap: no call into a
+    /// FUSE mount).
+    fn usage(&self) -> Usage;
 }

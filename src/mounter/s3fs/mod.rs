@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::sys::{self, Linux, Sys, TableError};
-use super::{bounded, Adoption, Health, MountError, MountSpec, Mounter};
+use super::{bounded, Adoption, Health, MountError, MountSpec, Mounter, Usage};
 use crate::{fsutil, layout};
 use process::{Liveness, Process};
 
@@ -278,6 +278,44 @@ impl<S: Sys> Mounter for S3fsMounter<S> {
 
     async fn sweep(&self, keep: &[PathBuf]) {
         self.sweep_root(keep).await
+    }
+
+    /// The s3fs processes held for shared mounts: bound to a volume, or held by an entry not
+    /// locked right now (one being started or stopped is counted at the next call). Each is
+    /// read by PID, then checked alive through its pidfd, so the reading was about it.
+    fn usage(&self) -> Usage {
+        let mut held: HashMap<u32, Arc<Liveness<S>>> = HashMap::new();
+        for (_, live) in self
+            .targets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            held.insert(live.pid, live.clone());
+        }
+        let entries: Vec<_> = self
+            .shared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for e in entries {
+            if let Ok(s) = e.try_lock() {
+                if let Some(p) = &s.process {
+                    held.insert(p.live.pid, p.live.clone());
+                }
+            }
+        }
+        let mut usage = Usage::default();
+        for (pid, live) in held {
+            let resident = self.sys.resident_bytes(pid);
+            if live.is_alive() {
+                usage.s3fs_processes += 1;
+                usage.s3fs_resident_bytes += resident.unwrap_or(0);
+            }
+        }
+        usage
     }
 }
 

@@ -753,3 +753,38 @@ async fn a_round_of_probes_reads_the_mount_table_once() {
     assert_eq!(r.m.probe(&r.target("c")).await, Health::Stale);
     assert_eq!(r.m.probe(&r.target("a")).await, Health::Ok);
 }
+
+#[tokio::test]
+async fn usage_counts_the_live_s3fs_held_and_their_memory_not_impostors() {
+    let r = Rig::new(T);
+    assert_eq!(r.m.usage(), crate::mounter::Usage::default());
+    let (name_a, pid_a) = r.mount("a", B).await;
+    let (_, pid_a2) = r.mount("a2", &[("bucket", "bkt"), ("prefix", "p")]).await;
+    assert_eq!(pid_a2, pid_a, "one s3fs for both volumes of the bucket");
+    let (_, pid_b) = r.mount("b", &[("bucket", "other")]).await;
+    r.fake().set_resident(pid_a, 3 << 20);
+    r.fake().set_resident(pid_b, 5 << 20);
+    // A process that names a shared mount but is not held (an impostor) is not counted.
+    let impostor = r
+        .fake()
+        .add_process("s3fs", &["bkt", r.shared(&name_a).to_str().unwrap()]);
+    r.fake().set_resident(impostor, 100 << 20);
+    let u = r.m.usage();
+    assert_eq!(u.s3fs_processes, 2, "{u:?}");
+    assert_eq!(u.s3fs_resident_bytes, 8 << 20, "{u:?}");
+    // A dead s3fs is not counted, though its volume still holds it.
+    r.fake().set_state(pid_b, State::Dead);
+    assert_eq!(
+        r.m.usage(),
+        crate::mounter::Usage {
+            s3fs_processes: 1,
+            s3fs_resident_bytes: 3 << 20
+        }
+    );
+    // The last volume of a bucket gone, so is its s3fs.
+    r.m.unmount(&r.target("a")).await.unwrap();
+    assert_eq!(r.m.usage().s3fs_processes, 1);
+    r.m.unmount(&r.target("a2")).await.unwrap();
+    r.m.unmount(&r.target("b")).await.unwrap();
+    assert_eq!(r.m.usage(), crate::mounter::Usage::default());
+}

@@ -470,7 +470,6 @@ mod tests {
         };
         let cases = [
             (MountError::Exited { said: said() }, "s3fs"),
-            (MountError::NotRunning, "s3fs"),
             (
                 MountError::Spawn {
                     program: "s3fs".into(),

@@ -67,8 +67,6 @@ pub enum MountError {
     /// `said` is the tail of s3fs's own log: the reason (wrong keys, no such bucket) is there.
     #[error("s3fs exited before the mount was ready: {said}")]
     Exited { said: String },
-    #[error("s3fs is not running after its start")]
-    NotRunning,
     #[error("s3fs did not make the mount ready within {} s (--mount-timeout); s3fs said: {said}", .after.as_secs())]
     NeverReady { after: Duration, said: String },
     /// A running shared s3fs did not answer: slow is not dead, so it is left to its volumes.
@@ -131,9 +129,7 @@ impl MountError {
     /// Whose part failed.
     pub fn cause(&self) -> Cause {
         match self {
-            MountError::Spawn { .. } | MountError::Exited { .. } | MountError::NotRunning => {
-                Cause::S3fs
-            }
+            MountError::Spawn { .. } | MountError::Exited { .. } => Cause::S3fs,
             MountError::NeverReady { .. }
             | MountError::SharedUnanswered { .. }
             | MountError::InTheWay { .. }

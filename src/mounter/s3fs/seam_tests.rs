@@ -788,3 +788,62 @@ async fn usage_counts_the_live_s3fs_held_and_their_memory_not_impostors() {
     r.m.unmount(&r.target("b")).await.unwrap();
     assert_eq!(r.m.usage(), crate::mounter::Usage::default());
 }
+
+#[tokio::test]
+async fn the_configured_program_not_the_name_s3fs_is_what_start_adopt_and_sweep_take_as_ours() {
+    // `--s3fs s3fs-alt`: a process running the file `s3fs` is not ours, whatever it names.
+    let alt = |r: &Rig| {
+        S3fsMounter::with_sys(
+            S3fsConfig {
+                program: "s3fs-alt".into(),
+                ..Rig::cfg(r.dir.path(), T)
+            },
+            r.sys.clone(),
+        )
+    };
+    let mut r = Rig::new(T);
+    r.m = alt(&r);
+    let f = r.fake();
+    // Start: an s3fs of the configured program in the way is ours and stopped; one of the
+    // file `s3fs` is left alone.
+    let spec = r.spec("v", B);
+    let path = r.shared(&r.m.shared_name(&spec));
+    let in_the_way = f.add_process("s3fs-alt", &["bkt", path.to_str().unwrap()]);
+    let literal = f.add_process("s3fs", &["bkt", path.to_str().unwrap()]);
+    let name = r.m.mount(&spec).await.unwrap();
+    assert_eq!(f.state(in_the_way), Some(State::Dead));
+    assert!(!f.signalled(literal));
+    let pid = f
+        .live_pids()
+        .into_iter()
+        .find(|p| ![literal, in_the_way].contains(p))
+        .unwrap();
+    // Adopt: a restart with the same program adopts it; one that takes `s3fs` for its own
+    // does not (once the process of the file `s3fs` naming the mount, its own, is gone).
+    assert_eq!(
+        alt(&r).adopt(&r.target("v"), Some(&name)).await,
+        Adoption::Live {
+            shared: name.clone()
+        }
+    );
+    f.set_state(literal, State::Dead);
+    assert_eq!(
+        r.restarted().adopt(&r.target("v"), None).await,
+        Adoption::Dead
+    );
+    // Sweep: only the configured program's strays and shared mounts are stopped.
+    let stray = r.shared("default-stray-9");
+    let p_alt = f.add_process("s3fs-alt", &["stray", stray.to_str().unwrap()]);
+    let p_lit = f.add_process("s3fs", &["stray", stray.to_str().unwrap()]);
+    let old = r.shared("default-old-9");
+    let p_old = f.add_process("s3fs-alt", &["old", old.to_str().unwrap()]);
+    f.add_mount(&old, S3FS_TYPE, Some(p_old));
+    alt(&r).sweep(&[r.target("v")]).await;
+    assert_eq!(f.state(p_alt), Some(State::Dead));
+    assert!(f.signalled(p_alt));
+    assert!(!f.signalled(p_lit) && f.state(p_lit) == Some(State::Running));
+    assert!(!f.is_mounted(&old));
+    assert_eq!(f.state(p_old), Some(State::Dead));
+    assert_eq!(f.state(pid), Some(State::Running));
+    assert!(f.is_mounted(&r.target("v")));
+}

@@ -473,7 +473,7 @@ mod tests {
             (
                 MountError::Spawn {
                     program: "s3fs".into(),
-                    error: "No such file".into(),
+                    error: std::io::Error::other("No such file").into(),
                 },
                 "s3fs",
             ),

@@ -48,6 +48,7 @@ pub struct PrefixError {
     pub prefix: String,
     /// A read-only volume never creates its prefix, so a missing one is its own refusal.
     pub read_only: bool,
+    #[source]
     pub error: BeneathError,
 }
 
@@ -94,10 +95,7 @@ pub fn check_view<S: Sys>(
             let _ = sy.unmount(target);
             Err(MountError::NotAView {
                 target: target.to_path_buf(),
-                found: match bound {
-                    Some(b) => format!("device {} folder {}", b.dev, b.root.display()),
-                    None => "nothing mounted".to_string(),
-                },
+                found: bound.map(Box::new),
             })
         }
     }

@@ -17,8 +17,9 @@ use nix::sys::signal::Signal;
 use tokio::process::Command;
 
 use super::{resolve, MountError};
-use crate::fsutil::{fd_path, open_beneath, open_dir};
+use crate::fsutil::{fd_path, open_beneath, open_dir, BeneathError, DirError};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use std::sync::Arc;
 
 /// One line of `/proc/self/mountinfo`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,19 +84,47 @@ pub enum TableError {
     Bind {
         from: PathBuf,
         onto: PathBuf,
+        #[source]
         errno: Errno,
     },
     #[error("read-only remount of {} failed: {}", .at.display(), .errno.desc())]
-    ReadOnly { at: PathBuf, errno: Errno },
+    ReadOnly {
+        at: PathBuf,
+        #[source]
+        errno: Errno,
+    },
     #[error("remount of {} with nosuid,nodev failed: {}", .at.display(), .errno.desc())]
-    NoSuid { at: PathBuf, errno: Errno },
+    NoSuid {
+        at: PathBuf,
+        #[source]
+        errno: Errno,
+    },
     #[error("making {} a private mount failed: {}", .dir.display(), .errno.desc())]
-    Private { dir: PathBuf, errno: Errno },
+    Private {
+        dir: PathBuf,
+        #[source]
+        errno: Errno,
+    },
     #[error("unmount of {} failed: {}", .path.display(), .errno.desc())]
-    Unmount { path: PathBuf, errno: Errno },
-    /// A folder of the daemon's own (the staging folder of read-only binds) could not be used.
-    #[error("{}", .error)]
-    Folder { error: String },
+    Unmount {
+        path: PathBuf,
+        #[source]
+        errno: Errno,
+    },
+    /// A folder of the daemon's own (the staging folder of read-only binds) could not be used
+    /// (shared: the error is not `Clone`, a Mount's outcome is).
+    #[error("{error}")]
+    Folder {
+        #[source]
+        error: Arc<DirError>,
+    },
+    /// The staging folder of a read-only bind could not be made in `stage_root`.
+    #[error("cannot make staging folder in {}: {error}", .stage_root.display())]
+    Staging {
+        stage_root: PathBuf,
+        #[source]
+        error: BeneathError,
+    },
 }
 
 /// The per-mount flags every mount the daemon makes carries: nothing in a bucket (or in the
@@ -164,19 +193,15 @@ fn bind(
         return bind_once(&src, &dst, shown);
     };
     make_private_mount(stage_root)?;
-    let root_fd = open_dir(stage_root).map_err(|e| TableError::Folder {
-        error: e.to_string(),
-    })?;
+    let root_fd = open_dir(stage_root).map_err(|e| TableError::Folder { error: Arc::new(e) })?;
     // A staging bind a crashed run left would hide the folder itself.
     let stage = stage_root.join(volume);
     let _ = unmount(&stage);
     let stage_fd =
-        open_beneath(root_fd.as_fd(), Path::new(volume), Some(0o700), true).map_err(|e| {
-            TableError::Folder {
-                error: format!(
-                    "cannot make staging folder in {}: {e}",
-                    stage_root.display()
-                ),
+        open_beneath(root_fd.as_fd(), Path::new(volume), Some(0o700), true).map_err(|error| {
+            TableError::Staging {
+                stage_root: stage_root.to_path_buf(),
+                error,
             }
         })?;
     bind_once(&src, &fd_path(stage_fd.as_fd()), (shown.0, &stage))?;
@@ -195,9 +220,7 @@ fn bind(
 /// of its own with private propagation, so mounts made inside it are seen nowhere else, and
 /// with nosuid and nodev, as every mount the daemon makes.
 fn make_private_mount(dir: &Path) -> Result<(), TableError> {
-    let fd = open_dir(dir).map_err(|e| TableError::Folder {
-        error: e.to_string(),
-    })?;
+    let fd = open_dir(dir).map_err(|e| TableError::Folder { error: Arc::new(e) })?;
     if mount_at(&read_mounts(), dir).is_none() {
         let p = fd_path(fd.as_fd());
         bind_once(&p, &p, (dir, dir))?;

@@ -171,7 +171,7 @@ impl<S: Sys> S3fsMounter<S> {
         };
         match result {
             Ok(r) => r,
-            Err(_) => Err(MountError::Task(bounded::Unanswered::Panicked.to_string())),
+            Err(_) => Err(MountError::Task(bounded::Unanswered::Panicked)),
         }
     }
 

@@ -286,7 +286,7 @@ impl<S: Sys> S3fsMounter<S> {
             let _ = fs::remove_dir(&path);
             MountError::Spawn {
                 program: self.cfg.program.clone(),
-                error: e.to_string(),
+                error: Arc::new(e),
             }
         })?;
         let pid = spawned.pid;

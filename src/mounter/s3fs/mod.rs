@@ -13,9 +13,8 @@
 //! a private log file, so that it outlives this daemon (a crash or restart must not take
 //! containers' mounts down) and its own words explain a failed mount. Credentials reach it
 //! through its environment, which only root can read, never through argv.
-
 //!
-//! The parts: [`identity`] (what makes one s3fs, its name, its command line), `process` (an
+//! The parts: `identity` (what makes one s3fs, its name, its command line), `process` (an
 //! s3fs's start, readiness, liveness and end), `mount` (Mount and Unmount), `recovery` (adopt
 //! and sweep after a restart); this module holds the mounter's tables and ties them together.
 

@@ -196,7 +196,7 @@ pub(super) async fn kill_and_wait<S: Sys>(
 
 impl<S: Sys> S3fsMounter<S> {
     /// Start s3fs for `spec` at `shared.path` and wait until the mount answers; `deadline`
-    /// is the Mount's.
+    /// is the Mount's. The running s3fs is kept in `shared` and handed back.
     pub(super) async fn start(
         &self,
         spec: &MountSpec,
@@ -205,15 +205,26 @@ impl<S: Sys> S3fsMounter<S> {
         deadline: Instant,
     ) -> Result<Arc<Liveness<S>>, MountError> {
         let path = shared.path.clone();
-        // Nothing may be left at the path by an s3fs of ours nobody owns (a daemon that died
-        // while starting it): two s3fs on one path would break one-process-per-bucket.
-        // It serves no volume (`start` runs only when none is bound here), so it is killed.
-        // Only a process the kernel says is ours (see `sys::prove`) is: one that merely calls
-        // itself so, or runs as another user, is left alone and does not stop the Mount.
+        self.clear_the_way(&path, deadline).await?;
+        let logs = self.prepare_folders(spec, name, &path)?;
+        let started = Instant::now();
+        let process = self.spawn_s3fs(spec, name, &path, logs)?;
+        let process = self.wait_ready(name, &path, process, started).await?;
+        let live = process.live.clone();
+        shared.process = Some(process);
+        Ok(live)
+    }
+
+    /// Nothing may be left at `path` by an s3fs of ours nobody owns (a daemon that died while
+    /// starting it): two s3fs on one path would break one-process-per-bucket. It serves no
+    /// volume (`start` runs only when none is bound here), so it is killed. Only a process the
+    /// kernel says is ours (see `sys::prove`) is: one that merely calls itself so, or runs as
+    /// another user, is left alone and does not stop the Mount. A mount left there goes too.
+    async fn clear_the_way(&self, path: &Path, deadline: Instant) -> Result<(), MountError> {
         let sy = &*self.sys;
         let owner = sys::Owner::of(sy, &self.cfg.program);
         loop {
-            let (ours, others) = sys::our_s3fs(sy, &owner, &path);
+            let (ours, others) = sys::our_s3fs(sy, &owner, path);
             if others > 0 {
                 tracing::warn!(path = %path.display(), processes = others, "processes name this shared mount but are not bai-s3's s3fs (another user, another program); left alone");
             }
@@ -225,18 +236,29 @@ impl<S: Sys> S3fsMounter<S> {
             if Instant::now() >= deadline {
                 return Err(MountError::InTheWay {
                     pid: fd.pid,
-                    path: path.clone(),
+                    path: path.to_path_buf(),
                     after: self.cfg.mount_timeout,
                 });
             }
         }
-        if sys::mount_at(&sy.mounts(), &path).is_some() {
-            let (p, sy) = (path.clone(), self.sys.clone());
+        if sys::mount_at(&sy.mounts(), path).is_some() {
+            let (p, sy) = (path.to_path_buf(), self.sys.clone());
             bounded::run(self.cfg.mount_timeout, move || sy.unmount(&p))
                 .await
                 .map_err(|e| MountError::host(format!("unmounting {}", path.display()), e))?
                 .map_err(MountError::Table)?;
         }
+        Ok(())
+    }
+
+    /// The folders an s3fs of `name` needs (its mount folder, emptied; its staging and cache
+    /// folders on the state folder's disk) and its log, opened twice: for stdout and stderr.
+    fn prepare_folders(
+        &self,
+        spec: &MountSpec,
+        name: &str,
+        path: &Path,
+    ) -> Result<(fs::File, fs::File), MountError> {
         // Made (or checked) once nothing is mounted there: a dead FUSE mount answers nothing.
         fsutil::sub_dir(
             &self.cfg.mount_root,
@@ -248,7 +270,7 @@ impl<S: Sys> S3fsMounter<S> {
         // What a Mount interrupted by a crash or a timeout wrote into the bare folder (a
         // folder creation that outlived its s3fs) would make s3fs refuse the folder as "not
         // empty" forever: it is no bucket's data, so it goes.
-        clear_folder(&path)
+        clear_folder(path)
             .map_err(|e| MountError::host(format!("cannot clear {}", path.display()), e))?;
         let log_path = self.log_path(name);
         let log = open_log(&self.cfg.state_dir, name).map_err(|e| {
@@ -261,9 +283,20 @@ impl<S: Sys> S3fsMounter<S> {
             fsutil::sub_dir(&self.cfg.state_dir, &Path::new(layout::CACHE).join(name))
                 .map_err(|e| MountError::host("cannot create the cache folder", e))?;
         }
+        Ok((log, log2))
+    }
 
+    /// Spawn the s3fs (keys in its environment, output in `logs`, its own process group) and
+    /// watch it: its exit flips its liveness at once.
+    fn spawn_s3fs(
+        &self,
+        spec: &MountSpec,
+        name: &str,
+        path: &Path,
+        logs: (fs::File, fs::File),
+    ) -> Result<Process<S>, MountError> {
         let mut cmd = Command::new(&self.cfg.program);
-        cmd.args(self.s3fs_args(spec, name, &path))
+        cmd.args(self.s3fs_args(spec, name, path))
             .env_clear()
             .env(
                 "PATH",
@@ -272,8 +305,8 @@ impl<S: Sys> S3fsMounter<S> {
             .env("AWSACCESSKEYID", &spec.backend.access_key)
             .env("AWSSECRETACCESSKEY", spec.backend.secret_key.expose())
             .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log2))
+            .stdout(Stdio::from(logs.0))
+            .stderr(Stdio::from(logs.1))
             // Its own process group: a Ctrl-C or a signal to the daemon's group must not end
             // the mounts that containers use.
             .process_group(0)
@@ -281,9 +314,8 @@ impl<S: Sys> S3fsMounter<S> {
         if let Some(ca) = &spec.backend.ca_file {
             cmd.env("CURL_CA_BUNDLE", ca);
         }
-        let started = Instant::now();
         let mut spawned = self.sys.spawn(cmd).map_err(|e| {
-            let _ = fs::remove_dir(&path);
+            let _ = fs::remove_dir(path);
             MountError::Spawn {
                 program: self.cfg.program.clone(),
                 error: Arc::new(e),
@@ -309,22 +341,33 @@ impl<S: Sys> S3fsMounter<S> {
             tracing::debug!(shared = %name2, ?status, "s3fs exited");
             let _ = tx.send(true);
         });
-        let mut process = Process {
+        Ok(Process {
             live,
             exited: Some(rx),
-        };
+        })
+    }
 
+    /// Wait until the mount of the s3fs started at `started` answers, at most the mount
+    /// timeout; one that exits or never gets ready is taken down, with what its log says.
+    async fn wait_ready(
+        &self,
+        name: &str,
+        path: &Path,
+        mut process: Process<S>,
+        started: Instant,
+    ) -> Result<Process<S>, MountError> {
+        let log_path = self.log_path(name);
         let deadline = started + self.cfg.mount_timeout;
         let mut pause = Duration::from_millis(2);
         loop {
             if !process.is_alive() {
                 let said = log_tail(&log_path);
-                let _ = unmount_and_rmdir(&*self.sys, &path);
+                let _ = unmount_and_rmdir(&*self.sys, path);
                 return Err(MountError::Exited { said });
             }
             // s3fs checks the bucket inside FUSE's init, so the probe can block until that
             // check gives up: it must not hold the Mount past its deadline.
-            let (p, sy) = (path.clone(), self.sys.clone());
+            let (p, sy) = (path.to_path_buf(), self.sys.clone());
             let left = deadline.saturating_duration_since(Instant::now());
             let ready = matches!(
                 bounded::run(left, move || sy.fuse_ready(&p)).await,
@@ -333,17 +376,15 @@ impl<S: Sys> S3fsMounter<S> {
             if ready {
                 tracing::info!(
                     shared = name,
-                    pid,
+                    pid = process.live.pid,
                     ms = started.elapsed().as_millis() as u64,
                     "s3fs mount ready"
                 );
-                let live = process.live.clone();
-                shared.process = Some(process);
-                return Ok(live);
+                return Ok(process);
             }
             if Instant::now() >= deadline {
                 // Not mounted (or not answering): it serves nobody.
-                self.stop_process(&path, &mut process, true).await;
+                self.stop_process(path, &mut process, true).await;
                 let said = log_tail(&log_path);
                 return Err(MountError::NeverReady {
                     after: self.cfg.mount_timeout,

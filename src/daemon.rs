@@ -1,7 +1,7 @@
 //! Putting the daemon together: logging, the pieces of the driver, the socket first and the
 //! restore after, then serving until SIGTERM.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use crate::cli::{LogFormat, ServeArgs};
 use crate::driver::{Driver, Settings};
 use crate::fsutil::DirError;
 use crate::mounter::s3fs::{S3fsConfig, S3fsMounter};
+use crate::mounter::Mounter;
 use crate::s3check::S3Checker;
 use crate::state::{Store, StoreError};
 
@@ -58,16 +59,34 @@ pub enum ServeError {
     /// SIGTERM or SIGINT could not be watched, so the daemon could not stop cleanly.
     #[error("{0}")]
     Signals(#[source] std::io::Error),
-    /// The metrics endpoint could not be set up, in the words of the metrics wiring.
-    #[error("{0}")]
-    Metrics(String),
+    #[error("cannot listen for metrics on {addr} (--metrics-addr): {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
-/// The metrics wiring says its failures in words.
-impl From<String> for ServeError {
-    fn from(said: String) -> Self {
-        ServeError::Metrics(said)
+/// What a scrape shows, taken from the driver's read-only view: metrics knows nothing of the
+/// driver's or the mounter's types.
+fn metrics_sample<M: Mounter>(d: &Driver<M>) -> crate::metrics::Sample {
+    use crate::mounter::Health;
+    let mut s = crate::metrics::Sample::default();
+    for v in d.list() {
+        s.volumes += 1;
+        s.holders += v.status.holders;
+        // An exhaustive match: a new health must be placed here before it compiles.
+        match v.status.health {
+            Health::Ok => s.mounts.ok += 1,
+            Health::Slow => s.mounts.slow += 1,
+            Health::Stale => s.mounts.stale += 1,
+            Health::NotMounted => {}
+        }
     }
+    let usage = d.usage();
+    s.s3fs_processes = usage.s3fs_processes;
+    s.s3fs_resident_bytes = usage.s3fs_resident_bytes;
+    s
 }
 
 /// Set up logging to stderr. A bad `--log-level` is an error, not a silent default.
@@ -159,36 +178,15 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     }
 
     if let Some(addr) = args.metrics_addr {
-        use crate::mounter::Health;
         let listener = crate::metrics::bind(addr)
             .await
-            .map_err(|e| format!("cannot listen for metrics on {addr} (--metrics-addr): {e}"))?;
-        let bound = listener.local_addr().map_err(|e| e.to_string())?;
+            .map_err(|source| ServeError::Metrics { addr, source })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| ServeError::Metrics { addr, source })?;
         let d = Arc::clone(&driver);
-        let shared_root = crate::layout::shared_root(&args.mount_root);
-        let s3fs_program = Path::new(&args.s3fs)
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| args.s3fs.clone());
-        let sample = move || {
-            let mut s = crate::metrics::Sample::default();
-            for v in d.list() {
-                s.volumes += 1;
-                s.holders += v.status.holders;
-                // An exhaustive match: a new health must be placed here before it compiles.
-                match v.status.health {
-                    Health::Ok => s.mounts.ok += 1,
-                    Health::Slow => s.mounts.slow += 1,
-                    Health::Stale => s.mounts.stale += 1,
-                    Health::NotMounted => {}
-                }
-            }
-            (s.s3fs_processes, s.s3fs_resident_bytes) =
-                s3fs_usage::usage(&s3fs_program, &shared_root);
-            s
-        };
         let registry = crate::metrics::registry(crate::metrics::Sources {
-            sample: Box::new(sample),
+            sample: Box::new(move || metrics_sample(&d)),
             max_mounts: args.max_mounts,
         });
         tokio::spawn(crate::metrics::serve(listener, registry));
@@ -230,58 +228,6 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let _ = std::fs::remove_file(&args.socket);
     tracing::info!("stopped; mounts in use are left in place");
     Ok(())
-}
-
-/// The s3fs processes of this daemon and their memory, for the metrics sample.
-// replaced by Mounter::usage at merge
-mod s3fs_usage {
-    use std::path::Path;
-
-    use crate::mounter::sys;
-
-    /// Live s3fs processes whose mount point lies in `shared_root`, and their resident memory
-    /// together in bytes.
-    pub(super) fn usage(s3fs_program: &str, shared_root: &Path) -> (u64, u64) {
-        let s3fs = sys::processes_with_arg(s3fs_program, |a: &Path| {
-            (a.parent() == Some(shared_root)).then_some(())
-        });
-        let rss: u64 = s3fs
-            .iter()
-            .filter_map(|(pid, ())| resident_bytes(*pid))
-            .sum();
-        (s3fs.len() as u64, rss)
-    }
-
-    /// Resident memory of `pid` in bytes (`VmRSS` of `/proc/PID/status`); None when it is gone.
-    fn resident_bytes(pid: u32) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        parse_vm_rss(&status)
-    }
-
-    fn parse_vm_rss(status: &str) -> Option<u64> {
-        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-        let kib: u64 = line
-            .trim_start_matches("VmRSS:")
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()?;
-        Some(kib * 1024)
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn vm_rss_is_read_in_bytes() {
-            let status = "Name:\ts3fs\nVmPeak:\t  9000 kB\nVmRSS:\t    1234 kB\nThreads:\t5\n";
-            assert_eq!(parse_vm_rss(status), Some(1234 * 1024));
-            assert_eq!(parse_vm_rss("Name:\tkthread\n"), None);
-            assert!(resident_bytes(std::process::id()).is_some_and(|b| b > 0));
-        }
-    }
 }
 
 #[cfg(test)]

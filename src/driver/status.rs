@@ -110,6 +110,12 @@ impl<M: Mounter> Driver<M> {
         v
     }
 
+    /// The mounter's s3fs processes and their memory, for the metrics: the driver holds the
+    /// mounter, and nothing else needs to reach it.
+    pub fn usage(&self) -> crate::mounter::Usage {
+        self.mounter.usage()
+    }
+
     /// Every volume with its full status, sorted by name (for metrics and tests).
     pub fn list(&self) -> Vec<VolumeInfo> {
         let backends = self.backends.current();

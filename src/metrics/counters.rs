@@ -249,11 +249,10 @@ mod tests {
         let mut seen = std::collections::BTreeSet::new();
         let cases = [
             (MountError::Exited { said: said() }, "s3fs"),
-            (MountError::NotRunning, "s3fs"),
             (
                 MountError::Spawn {
                     program: "s3fs".into(),
-                    error: "No such file".into(),
+                    error: std::io::Error::other("No such file").into(),
                 },
                 "s3fs",
             ),

@@ -3,11 +3,11 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{Adoption, Health, MountError, MountSpec, Mounter};
+use super::{Adoption, Health, MountError, MountSpec, Mounter, Usage};
 
 /// A mounter that mounts nothing, for unit tests.
 #[derive(Default)]
@@ -20,6 +20,8 @@ pub struct FakeMounter {
     pub delay: Mutex<Duration>,
     /// Targets that `adopt` finds alive.
     pub alive_after_restart: Mutex<Vec<PathBuf>>,
+    /// What [`Mounter::usage`] says each live mount's pretended s3fs holds in memory.
+    pub resident_each: AtomicU64,
 }
 
 impl FakeMounter {
@@ -88,4 +90,19 @@ impl Mounter for FakeMounter {
     }
 
     async fn sweep(&self, _keep: &[PathBuf]) {}
+
+    /// One pretended s3fs per mount that is not stale.
+    fn usage(&self) -> Usage {
+        let live = self
+            .mounted
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|h| matches!(h, Health::Ok | Health::Slow))
+            .count() as u64;
+        Usage {
+            s3fs_processes: live,
+            s3fs_resident_bytes: live * self.resident_each.load(Ordering::SeqCst),
+        }
+    }
 }

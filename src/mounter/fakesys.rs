@@ -42,6 +42,7 @@ pub enum Call {
     PidfdAlive(u32),
     PidfdSignal(u32, Signal),
     ProcessInfo(u32),
+    ResidentBytes(u32),
 }
 
 /// What state a pretended process is in.
@@ -63,6 +64,8 @@ struct Proc {
     args: Vec<OsString>,
     state: State,
     exited: watch::Sender<bool>,
+    /// What `VmRSS` would say, in bytes (see [`RecordingSys::set_resident`]).
+    resident: u64,
 }
 
 #[derive(Default)]
@@ -153,6 +156,13 @@ impl RecordingSys {
         pid
     }
 
+    /// Give `pid` a resident memory of `bytes` (for [`Sys::resident_bytes`]).
+    pub fn set_resident(&self, pid: u32, bytes: u64) {
+        if let Some(p) = self.lock().procs.get_mut(&pid) {
+            p.resident = bytes;
+        }
+    }
+
     /// Make `pid` ignore every signal, as a process stuck in the kernel does SIGKILL.
     pub fn set_unkillable(&self, pid: u32) {
         if let Some(p) = self.lock().procs.get_mut(&pid) {
@@ -181,6 +191,7 @@ impl RecordingSys {
                 args,
                 state: State::Running,
                 exited,
+                resident: 0,
             },
         );
         pid
@@ -445,6 +456,12 @@ impl Sys for RecordingSys {
         })
     }
 
+    fn resident_bytes(&self, pid: u32) -> Option<u64> {
+        let t = self.record(Call::ResidentBytes(pid));
+        let p = t.procs.get(&pid).filter(|p| p.state != State::Dead)?;
+        Some(p.resident)
+    }
+
     fn program_file(&self, program: &str) -> Option<(FileId, PathBuf)> {
         Some((
             Self::file_of(program),
@@ -654,6 +671,10 @@ impl<S: Sys> Sys for FaultySys<S> {
 
     fn process_info(&self, pid: u32) -> Option<ProcInfo> {
         self.inner.process_info(pid)
+    }
+
+    fn resident_bytes(&self, pid: u32) -> Option<u64> {
+        self.inner.resident_bytes(pid)
     }
 
     fn program_file(&self, program: &str) -> Option<(FileId, PathBuf)> {

@@ -17,6 +17,7 @@ pub mod fakesys;
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backends::Backend;
@@ -63,12 +64,15 @@ impl Health {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum MountError {
     #[error("cannot start {program}: {error} (is s3fs installed?)")]
-    Spawn { program: String, error: String },
+    Spawn {
+        program: String,
+        /// Shared: the error is not `Clone`, a Mount's outcome is.
+        #[source]
+        error: Arc<std::io::Error>,
+    },
     /// `said` is the tail of s3fs's own log: the reason (wrong keys, no such bucket) is there.
     #[error("s3fs exited before the mount was ready: {said}")]
     Exited { said: String },
-    #[error("s3fs is not running after its start")]
-    NotRunning,
     #[error("s3fs did not make the mount ready within {} s (--mount-timeout); s3fs said: {said}", .after.as_secs())]
     NeverReady { after: Duration, said: String },
     /// A running shared s3fs did not answer: slow is not dead, so it is left to its volumes.
@@ -91,8 +95,12 @@ pub enum MountError {
     Prefix(#[from] resolve::PrefixError),
     #[error("the shared s3fs {name} runs with other settings than volume {volume:?} asks for; not joined")]
     OtherSettings { name: String, volume: String },
-    #[error("the bind at {} is not a view of the bucket's s3fs (mount table: {found}); it was undone", .target.display())]
-    NotAView { target: PathBuf, found: String },
+    /// `found` is what the mount table showed at the target instead.
+    #[error("the bind at {} is not a view of the bucket's s3fs (mount table: {}); it was undone", .target.display(), shown(.found))]
+    NotAView {
+        target: PathBuf,
+        found: Option<Box<sys::MountEntry>>,
+    },
     /// An s3fs of ours (by the kernel's word) at a shared mount no volume uses, still there at
     /// the Mount's deadline after SIGKILL (stuck in the kernel, or started again and again).
     #[error("an s3fs of bai-s3 (pid {pid}) still ran at {} when the Mount's {} s (--mount-timeout) were up: it was killed but did not exit, or another took its place; no second s3fs is started there", .path.display(), .after.as_secs())]
@@ -105,11 +113,15 @@ pub enum MountError {
     StillMounted { target: PathBuf },
     /// A local step (a folder, a log file) failed: what was being done, and the system's answer.
     #[error("{doing}: {error}")]
-    Host { doing: String, error: String },
+    Host {
+        doing: String,
+        #[source]
+        error: Arc<dyn std::error::Error + Send + Sync>,
+    },
     #[error(transparent)]
     Table(#[from] sys::TableError),
     #[error("mount task failed: {0}")]
-    Task(String),
+    Task(#[source] bounded::Unanswered),
 }
 
 /// Whose part of a Mount failed, for the operator's metrics.
@@ -131,9 +143,7 @@ impl MountError {
     /// Whose part failed.
     pub fn cause(&self) -> Cause {
         match self {
-            MountError::Spawn { .. } | MountError::Exited { .. } | MountError::NotRunning => {
-                Cause::S3fs
-            }
+            MountError::Spawn { .. } | MountError::Exited { .. } => Cause::S3fs,
             MountError::NeverReady { .. }
             | MountError::SharedUnanswered { .. }
             | MountError::InTheWay { .. }
@@ -150,12 +160,23 @@ impl MountError {
         }
     }
 
-    /// A local step that failed, with the system's answer.
-    pub fn host(doing: impl Into<String>, error: impl std::fmt::Display) -> Self {
+    /// A local step that failed, with the system's answer (kept as the error's source).
+    pub fn host(
+        doing: impl Into<String>,
+        error: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
         MountError::Host {
             doing: doing.into(),
-            error: error.to_string(),
+            error: Arc::from(error.into()),
         }
+    }
+}
+
+/// What the mount table showed where a view of a bucket was expected.
+fn shown(found: &Option<Box<sys::MountEntry>>) -> String {
+    match found {
+        Some(b) => format!("device {} folder {}", b.dev, b.root.display()),
+        None => "nothing mounted".to_string(),
     }
 }
 
@@ -168,6 +189,16 @@ pub enum Adoption {
     Dead,
     /// Nothing is mounted there.
     Absent,
+}
+
+/// What a mounter's s3fs processes cost the host, for the metrics scrape: read through the
+/// mounter (and its [`sys::Sys`]), so the scrape never reads `/proc` itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Live s3fs processes the mounter holds (started or adopted, so proven its own).
+    pub s3fs_processes: u64,
+    /// Their resident memory (`VmRSS`), summed, in bytes.
+    pub s3fs_resident_bytes: u64,
 }
 
 /// How volumes are mounted; the seam between counting (driver) and processes (s3fs).
@@ -205,4 +236,86 @@ pub trait Mounter: Send + Sync + 'static {
     /// Remove what earlier runs left under the mount root, where provably ours and not used by
     /// any target in `keep` (every held volume's, whatever state its mount is in).
     fn sweep(&self, keep: &[PathBuf]) -> impl Future<Output = ()> + Send;
+
+    /// The s3fs processes this mounter holds and their memory, now (cheap: no call into a
+    /// FUSE mount).
+    fn usage(&self) -> Usage;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn causes_are_kept_as_sources_and_the_words_stay() {
+        let e = MountError::Spawn {
+            program: "s3fs".into(),
+            error: Arc::new(std::io::Error::from_raw_os_error(nix::libc::ENOENT)),
+        };
+        assert_eq!(
+            e.to_string(),
+            "cannot start s3fs: No such file or directory (os error 2) (is s3fs installed?)"
+        );
+        let io = e
+            .source()
+            .and_then(|s| s.downcast_ref::<Arc<std::io::Error>>());
+        assert_eq!(io.map(|e| e.kind()), Some(std::io::ErrorKind::NotFound));
+
+        let e = MountError::host(
+            "cannot open the mount root",
+            std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        );
+        assert_eq!(
+            e.to_string(),
+            "cannot open the mount root: permission denied"
+        );
+        // Shared in an Arc (a Mount's outcome is `Clone`): the io::Error is inside it.
+        let io = e
+            .source()
+            .and_then(|s| s.downcast_ref::<Arc<dyn std::error::Error + Send + Sync>>())
+            .and_then(|s| s.downcast_ref::<std::io::Error>());
+        assert_eq!(
+            io.map(|e| e.kind()),
+            Some(std::io::ErrorKind::PermissionDenied)
+        );
+
+        let e = MountError::Task(bounded::Unanswered::Panicked);
+        assert_eq!(e.to_string(), "mount task failed: the call panicked");
+        assert!(e.source().is_some_and(|s| s.is::<bounded::Unanswered>()));
+
+        let e = MountError::Table(sys::TableError::Unmount {
+            path: "/m/v".into(),
+            errno: nix::errno::Errno::EBUSY,
+        });
+        assert_eq!(
+            e.to_string(),
+            "unmount of /m/v failed: Device or resource busy"
+        );
+        assert_eq!(
+            e.source()
+                .and_then(|s| s.downcast_ref::<nix::errno::Errno>()),
+            Some(&nix::errno::Errno::EBUSY)
+        );
+
+        let entry = sys::MountEntry {
+            dev: "0:52".into(),
+            root: "/other".into(),
+            mount_point: "/m/v".into(),
+            fs_type: "fuse.s3fs".into(),
+        };
+        let e = MountError::NotAView {
+            target: "/m/v".into(),
+            found: Some(Box::new(entry)),
+        };
+        assert_eq!(e.to_string(), "the bind at /m/v is not a view of the bucket's s3fs (mount table: device 0:52 folder /other); it was undone");
+        let e = MountError::NotAView {
+            target: "/m/v".into(),
+            found: None,
+        };
+        assert!(
+            e.to_string().contains("(mount table: nothing mounted)"),
+            "{e}"
+        );
+    }
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use crate::fsutil::{self, Beneath, BeneathError};
 
-use super::sys;
+use super::sys::{self, Sys};
 use super::MountError;
 
 /// Open the folder `prefix` of the s3fs mount at `shared` (its root when `prefix` is None),
@@ -48,6 +48,7 @@ pub struct PrefixError {
     pub prefix: String,
     /// A read-only volume never creates its prefix, so a missing one is its own refusal.
     pub read_only: bool,
+    #[source]
     pub error: BeneathError,
 }
 
@@ -76,22 +77,25 @@ fn explain(e: &BeneathError, bucket: &str, prefix: &str, read_only: bool) -> Str
 }
 
 /// After the bind: the mount at `target` must be a view of the s3fs mounted at `shared` (the
-/// same device) of exactly `prefix`; anything else is undone and an error.
-pub fn check_view(target: &Path, shared: &Path, prefix: Option<&str>) -> Result<(), MountError> {
-    let table = sys::mounts();
+/// same device) of exactly `prefix`; anything else is undone (through `sy`, the system the bind
+/// was made on) and an error.
+pub fn check_view<S: Sys>(
+    sy: &S,
+    target: &Path,
+    shared: &Path,
+    prefix: Option<&str>,
+) -> Result<(), MountError> {
+    let table = sy.mounts();
     let want_root = PathBuf::from("/").join(prefix.unwrap_or(""));
     let shared_dev = sys::mount_at(&table, shared).map(|m| m.dev);
     let bound = sys::mount_at(&table, target);
     match (&shared_dev, &bound) {
         (Some(dev), Some(b)) if *dev == b.dev && b.root == want_root => Ok(()),
         _ => {
-            let _ = sys::unmount(target);
+            let _ = sy.unmount(target);
             Err(MountError::NotAView {
                 target: target.to_path_buf(),
-                found: match bound {
-                    Some(b) => format!("device {} folder {}", b.dev, b.root.display()),
-                    None => "nothing mounted".to_string(),
-                },
+                found: bound.map(Box::new),
             })
         }
     }

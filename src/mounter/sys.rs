@@ -17,8 +17,9 @@ use nix::sys::signal::Signal;
 use tokio::process::Command;
 
 use super::{resolve, MountError};
-use crate::fsutil::{fd_path, open_beneath, open_dir};
+use crate::fsutil::{fd_path, open_beneath, open_dir, BeneathError, DirError};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use std::sync::Arc;
 
 /// One line of `/proc/self/mountinfo`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,13 +71,6 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
         .collect()
 }
 
-/// The current mount table of this process's namespace.
-pub fn mounts() -> Vec<MountEntry> {
-    fs::read_to_string("/proc/self/mountinfo")
-        .map(|t| parse_mountinfo(&t))
-        .unwrap_or_default()
-}
-
 /// The entry mounted last at `path`, if any (later mounts hide earlier ones).
 pub fn mount_at(table: &[MountEntry], path: &Path) -> Option<MountEntry> {
     table.iter().rev().find(|m| m.mount_point == path).cloned()
@@ -90,19 +84,47 @@ pub enum TableError {
     Bind {
         from: PathBuf,
         onto: PathBuf,
+        #[source]
         errno: Errno,
     },
     #[error("read-only remount of {} failed: {}", .at.display(), .errno.desc())]
-    ReadOnly { at: PathBuf, errno: Errno },
+    ReadOnly {
+        at: PathBuf,
+        #[source]
+        errno: Errno,
+    },
     #[error("remount of {} with nosuid,nodev failed: {}", .at.display(), .errno.desc())]
-    NoSuid { at: PathBuf, errno: Errno },
+    NoSuid {
+        at: PathBuf,
+        #[source]
+        errno: Errno,
+    },
     #[error("making {} a private mount failed: {}", .dir.display(), .errno.desc())]
-    Private { dir: PathBuf, errno: Errno },
+    Private {
+        dir: PathBuf,
+        #[source]
+        errno: Errno,
+    },
     #[error("unmount of {} failed: {}", .path.display(), .errno.desc())]
-    Unmount { path: PathBuf, errno: Errno },
-    /// A folder of the daemon's own (the staging folder of read-only binds) could not be used.
-    #[error("{}", .error)]
-    Folder { error: String },
+    Unmount {
+        path: PathBuf,
+        #[source]
+        errno: Errno,
+    },
+    /// A folder of the daemon's own (the staging folder of read-only binds) could not be used
+    /// (shared: the error is not `Clone`, a Mount's outcome is).
+    #[error("{error}")]
+    Folder {
+        #[source]
+        error: Arc<DirError>,
+    },
+    /// The staging folder of a read-only bind could not be made in `stage_root`.
+    #[error("cannot make staging folder in {}: {error}", .stage_root.display())]
+    Staging {
+        stage_root: PathBuf,
+        #[source]
+        error: BeneathError,
+    },
 }
 
 /// The per-mount flags every mount the daemon makes carries: nothing in a bucket (or in the
@@ -160,7 +182,7 @@ fn bind_once(source: &Path, target: &Path, shown: (&Path, &Path)) -> Result<(), 
 /// A runtime that binds the volume again and remounts that bind to add flags of its own
 /// clears the read-only flag of its copy: what holds then is the read-only s3fs behind a
 /// read-only volume (see `s3fs::Identity`), not this bind.
-pub fn bind(
+fn bind(
     source: BorrowedFd<'_>,
     target: BorrowedFd<'_>,
     shown: (&Path, &Path),
@@ -171,19 +193,15 @@ pub fn bind(
         return bind_once(&src, &dst, shown);
     };
     make_private_mount(stage_root)?;
-    let root_fd = open_dir(stage_root).map_err(|e| TableError::Folder {
-        error: e.to_string(),
-    })?;
+    let root_fd = open_dir(stage_root).map_err(|e| TableError::Folder { error: Arc::new(e) })?;
     // A staging bind a crashed run left would hide the folder itself.
     let stage = stage_root.join(volume);
     let _ = unmount(&stage);
     let stage_fd =
-        open_beneath(root_fd.as_fd(), Path::new(volume), Some(0o700), true).map_err(|e| {
-            TableError::Folder {
-                error: format!(
-                    "cannot make staging folder in {}: {e}",
-                    stage_root.display()
-                ),
+        open_beneath(root_fd.as_fd(), Path::new(volume), Some(0o700), true).map_err(|error| {
+            TableError::Staging {
+                stage_root: stage_root.to_path_buf(),
+                error,
             }
         })?;
     bind_once(&src, &fd_path(stage_fd.as_fd()), (shown.0, &stage))?;
@@ -201,11 +219,9 @@ pub fn bind(
 /// Make `dir` (a folder the daemon checked at start, see [`crate::fsutil::sub_dir`]) a mount
 /// of its own with private propagation, so mounts made inside it are seen nowhere else, and
 /// with nosuid and nodev, as every mount the daemon makes.
-pub fn make_private_mount(dir: &Path) -> Result<(), TableError> {
-    let fd = open_dir(dir).map_err(|e| TableError::Folder {
-        error: e.to_string(),
-    })?;
-    if mount_at(&mounts(), dir).is_none() {
+fn make_private_mount(dir: &Path) -> Result<(), TableError> {
+    let fd = open_dir(dir).map_err(|e| TableError::Folder { error: Arc::new(e) })?;
+    if mount_at(&read_mounts(), dir).is_none() {
         let p = fd_path(fd.as_fd());
         bind_once(&p, &p, (dir, dir))?;
     }
@@ -227,9 +243,16 @@ pub fn make_private_mount(dir: &Path) -> Result<(), TableError> {
     })
 }
 
+/// The current mount table of this process's namespace.
+fn read_mounts() -> Vec<MountEntry> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .map(|t| parse_mountinfo(&t))
+        .unwrap_or_default()
+}
+
 /// Unmount `path`; a busy or dead mount is detached lazily (it goes away when its last user
 /// does). Not being mounted is success.
-pub fn unmount(path: &Path) -> Result<(), TableError> {
+fn unmount(path: &Path) -> Result<(), TableError> {
     match umount2(path, MntFlags::empty()) {
         Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => Ok(()),
         Err(_) => match umount2(path, MntFlags::MNT_DETACH) {
@@ -240,12 +263,6 @@ pub fn unmount(path: &Path) -> Result<(), TableError> {
             }),
         },
     }
-}
-
-/// Ask the mounted file system whether it answers: a dead FUSE mount still answers `stat` of
-/// its root from the kernel's cache, but `statvfs` reaches the daemon (ENOTCONN when gone).
-pub fn statvfs_ok(path: &Path) -> Result<(), Errno> {
-    nix::sys::statvfs::statvfs(path).map(|_| ())
 }
 
 /// Live (not zombie) processes with an argument (after argv[0]) for which `pick` returns
@@ -273,13 +290,6 @@ fn scan_args<T>(program: Option<&str>, pick: &dyn Fn(&Path) -> Option<T>) -> Vec
         .collect()
 }
 
-/// Live (not zombie) processes running `program` (by argv[0]), with the first argument for
-/// which `pick` returns something, and that something. For counting only (metrics): argv
-/// proves nothing about who runs a process.
-pub fn processes_with_arg<T>(program: &str, pick: impl Fn(&Path) -> Option<T>) -> Vec<(u32, T)> {
-    scan_args(Some(program), &pick)
-}
-
 /// A file as the kernel knows it: device and inode, which no process can fake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileId {
@@ -304,7 +314,7 @@ pub struct ProcInfo {
 
 /// The executable that `program` names: a path, or a name looked up in `PATH` as the spawn
 /// does; its identity and its canonical path.
-pub fn program_file(program: &str) -> Option<(FileId, PathBuf)> {
+fn program_file(program: &str) -> Option<(FileId, PathBuf)> {
     use std::os::unix::fs::MetadataExt;
     let found = if program.contains('/') {
         PathBuf::from(program)
@@ -327,7 +337,7 @@ pub fn program_file(program: &str) -> Option<(FileId, PathBuf)> {
 }
 
 /// Read what the kernel says about `pid` (see [`ProcInfo`]); None when it is gone.
-pub fn proc_info(pid: u32) -> Option<ProcInfo> {
+fn proc_info(pid: u32) -> Option<ProcInfo> {
     use std::os::unix::fs::MetadataExt;
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let uid_line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
@@ -357,7 +367,7 @@ pub fn proc_info(pid: u32) -> Option<ProcInfo> {
 }
 
 /// True while `pid` exists and is not a zombie.
-pub fn is_alive(pid: u32) -> bool {
+fn is_alive(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state letter follows the command name in parentheses, which may hold spaces.
         Ok(stat) => stat
@@ -379,7 +389,7 @@ pub struct Pidfd {
 impl Pidfd {
     /// A pidfd of `pid`. Check that the process is the one you want *after* this returns:
     /// then the fd is known to refer to it.
-    pub fn open(pid: u32) -> std::io::Result<Pidfd> {
+    fn open(pid: u32) -> std::io::Result<Pidfd> {
         use std::os::fd::FromRawFd;
         let pid = nix::libc::pid_t::try_from(pid)
             .map_err(|_| std::io::Error::from_raw_os_error(nix::libc::ESRCH))?;
@@ -398,7 +408,7 @@ impl Pidfd {
     }
 
     /// True until the process exits (a pidfd becomes readable when it does, zombie or not).
-    pub fn is_alive(&self) -> bool {
+    fn is_alive(&self) -> bool {
         use std::os::fd::AsRawFd;
         let mut p = nix::libc::pollfd {
             fd: self.fd.as_raw_fd(),
@@ -411,7 +421,7 @@ impl Pidfd {
     }
 
     /// Send `sig` to the held process; ESRCH once it has exited.
-    pub fn signal(&self, sig: nix::sys::signal::Signal) -> Result<(), Errno> {
+    fn signal(&self, sig: nix::sys::signal::Signal) -> Result<(), Errno> {
         use std::os::fd::AsRawFd;
         // SAFETY: pidfd_send_signal with a valid pidfd, a valid signal number, a null siginfo
         // (allowed: the kernel fills it as for kill(2)) and no flags.
@@ -566,11 +576,14 @@ pub trait Sys: Send + Sync + 'static {
 
     /// The mount table of this process's namespace.
     fn mounts(&self) -> Vec<MountEntry>;
-    /// See [`unmount`].
+    /// Unmount `path`; a busy or dead mount is detached lazily (it goes away when its last
+    /// user does). Not being mounted is success.
     fn unmount(&self, path: &Path) -> Result<(), TableError>;
     /// Bind a volume (see [`BindView`]).
     fn bind_view(&self, b: BindView<'_>) -> Result<(), MountError>;
-    /// See [`statvfs_ok`].
+    /// Ask the mounted file system whether it answers: a dead FUSE mount still answers `stat`
+    /// of its root from the kernel's cache, but `statvfs` reaches the daemon (ENOTCONN when
+    /// gone).
     fn statvfs(&self, path: &Path) -> Result<(), Errno>;
     /// True when `path` is a FUSE mount whose root answers statvfs and can be listed.
     fn fuse_ready(&self, path: &Path) -> bool;
@@ -579,25 +592,32 @@ pub trait Sys: Send + Sync + 'static {
     /// Live processes, whatever their argv[0], with an argument `pick` accepts: candidates
     /// only, to be proven with [`prove`].
     fn processes_with_arg<T>(&self, pick: &dyn Fn(&Path) -> Option<T>) -> Vec<(u32, T)>;
-    /// See [`proc_info`].
+    /// What the kernel says about `pid` (see [`ProcInfo`]); None when it is gone.
     fn process_info(&self, pid: u32) -> Option<ProcInfo>;
-    /// See [`program_file`].
+    /// The resident memory of `pid` (`VmRSS` of `/proc/PID/status`), in bytes; None when it
+    /// is gone. Read by PID: meaningful for a process held by a pidfd that is still alive
+    /// after the reading.
+    fn resident_bytes(&self, pid: u32) -> Option<u64>;
+    /// The executable that `program` names: a path, or a name looked up in `PATH` as the spawn
+    /// does; its identity and its canonical path.
     fn program_file(&self, program: &str) -> Option<(FileId, PathBuf)>;
     /// The daemon's effective uid: the uid its s3fs processes run as.
     fn uid(&self) -> u32;
-    /// See [`is_alive`].
+    /// True while `pid` exists and is not a zombie.
     fn pid_alive(&self, pid: u32) -> bool;
     /// Signal by bare PID (only where no pidfd could be had).
     fn kill(&self, pid: u32, sig: Signal) -> Result<(), Errno>;
-    /// See [`Pidfd::open`].
+    /// A pidfd of `pid`. Check that the process is the one you want *after* this returns:
+    /// then the fd is known to refer to it.
     fn pidfd_open(&self, pid: u32) -> std::io::Result<Self::Pidfd>;
-    /// See [`Pidfd::is_alive`].
+    /// True until the process exits (a pidfd becomes readable when it does, zombie or not).
     fn pidfd_alive(&self, fd: &Self::Pidfd) -> bool;
-    /// See [`Pidfd::signal`].
+    /// Send `sig` to the held process; ESRCH once it has exited.
     fn pidfd_signal(&self, fd: &Self::Pidfd, sig: Signal) -> Result<(), Errno>;
 }
 
-/// The real system: the functions of this module.
+/// The real system: the one way the mount layer reaches the kernel (the private functions of
+/// this module are its parts).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Linux;
 
@@ -605,7 +625,7 @@ impl Sys for Linux {
     type Pidfd = Pidfd;
 
     fn mounts(&self) -> Vec<MountEntry> {
-        mounts()
+        read_mounts()
     }
 
     fn unmount(&self, path: &Path) -> Result<(), TableError> {
@@ -615,11 +635,11 @@ impl Sys for Linux {
     fn bind_view(&self, b: BindView<'_>) -> Result<(), MountError> {
         bind(b.source, b.target, b.shown, b.read_only)
             .map_err(MountError::Table)
-            .and_then(|()| resolve::check_view(b.view.0, b.view.1, b.view.2))
+            .and_then(|()| resolve::check_view(self, b.view.0, b.view.1, b.view.2))
     }
 
     fn statvfs(&self, path: &Path) -> Result<(), Errno> {
-        statvfs_ok(path)
+        nix::sys::statvfs::statvfs(path).map(|_| ())
     }
 
     fn fuse_ready(&self, path: &Path) -> bool {
@@ -653,6 +673,11 @@ impl Sys for Linux {
         proc_info(pid)
     }
 
+    fn resident_bytes(&self, pid: u32) -> Option<u64> {
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        parse_vm_rss(&status)
+    }
+
     fn program_file(&self, program: &str) -> Option<(FileId, PathBuf)> {
         program_file(program)
     }
@@ -680,6 +705,14 @@ impl Sys for Linux {
     fn pidfd_signal(&self, fd: &Pidfd, sig: Signal) -> Result<(), Errno> {
         fd.signal(sig)
     }
+}
+
+/// `VmRSS` of a `/proc/PID/status` text, in bytes (the kernel writes it in kB). A kernel
+/// thread has none.
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().next()?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// True when the error says a FUSE mount's connection is gone (its s3fs died or was aborted):
@@ -711,10 +744,53 @@ mod tests {
         );
     }
 
+    /// The processes whose arguments include `arg`, as the real system finds them.
+    fn with_arg(arg: &str) -> Vec<u32> {
+        Linux
+            .processes_with_arg(&|a| (a.as_os_str() == arg).then_some(()))
+            .into_iter()
+            .map(|(pid, ())| pid)
+            .collect()
+    }
+
     #[test]
-    fn this_process_is_alive_and_found_by_argument() {
-        assert!(is_alive(std::process::id()));
-        assert!(!is_alive(u32::MAX - 1));
+    fn a_child_is_found_by_its_argument_while_alive_and_not_after() {
+        assert!(Linux.pid_alive(std::process::id()));
+        assert!(!Linux.pid_alive(u32::MAX - 1));
+        // `sleep` sums its arguments: a unique fraction of a second names this child alone.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let arg = format!("0.{}{nanos:09}", std::process::id());
+        let mut child = std::process::Command::new("sleep")
+            .args(["30", &arg])
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        assert_eq!(with_arg(&arg), vec![pid]);
+        assert!(Linux.pid_alive(pid));
+        assert!(Linux.resident_bytes(pid).is_some_and(|b| b > 0));
+        let info = Linux.process_info(pid).unwrap();
+        assert!(info.args.iter().any(|a| a.as_os_str() == arg.as_str()));
+        child.kill().unwrap();
+        // Exited and not yet reaped (a zombie) is not alive, and not found.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while Linux.pid_alive(pid) {
+            assert!(std::time::Instant::now() < deadline, "never exited");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(with_arg(&arg).is_empty());
+        child.wait().unwrap();
+        assert!(with_arg(&arg).is_empty());
+        assert_eq!(Linux.resident_bytes(pid), None);
+    }
+
+    #[test]
+    fn resident_memory_is_read_in_bytes() {
+        let status = "Name:\ts3fs\nVmPeak:\t  9000 kB\nVmRSS:\t    1234 kB\nThreads:\t5\n";
+        assert_eq!(parse_vm_rss(status), Some(1234 * 1024));
+        assert_eq!(parse_vm_rss("Name:\tkthreadd\n"), None);
     }
 
     #[test]

@@ -753,3 +753,97 @@ async fn a_round_of_probes_reads_the_mount_table_once() {
     assert_eq!(r.m.probe(&r.target("c")).await, Health::Stale);
     assert_eq!(r.m.probe(&r.target("a")).await, Health::Ok);
 }
+
+#[tokio::test]
+async fn usage_counts_the_live_s3fs_held_and_their_memory_not_impostors() {
+    let r = Rig::new(T);
+    assert_eq!(r.m.usage(), crate::mounter::Usage::default());
+    let (name_a, pid_a) = r.mount("a", B).await;
+    let (_, pid_a2) = r.mount("a2", &[("bucket", "bkt"), ("prefix", "p")]).await;
+    assert_eq!(pid_a2, pid_a, "one s3fs for both volumes of the bucket");
+    let (_, pid_b) = r.mount("b", &[("bucket", "other")]).await;
+    r.fake().set_resident(pid_a, 3 << 20);
+    r.fake().set_resident(pid_b, 5 << 20);
+    // A process that names a shared mount but is not held (an impostor) is not counted.
+    let impostor = r
+        .fake()
+        .add_process("s3fs", &["bkt", r.shared(&name_a).to_str().unwrap()]);
+    r.fake().set_resident(impostor, 100 << 20);
+    let u = r.m.usage();
+    assert_eq!(u.s3fs_processes, 2, "{u:?}");
+    assert_eq!(u.s3fs_resident_bytes, 8 << 20, "{u:?}");
+    // A dead s3fs is not counted, though its volume still holds it.
+    r.fake().set_state(pid_b, State::Dead);
+    assert_eq!(
+        r.m.usage(),
+        crate::mounter::Usage {
+            s3fs_processes: 1,
+            s3fs_resident_bytes: 3 << 20
+        }
+    );
+    // The last volume of a bucket gone, so is its s3fs.
+    r.m.unmount(&r.target("a")).await.unwrap();
+    assert_eq!(r.m.usage().s3fs_processes, 1);
+    r.m.unmount(&r.target("a2")).await.unwrap();
+    r.m.unmount(&r.target("b")).await.unwrap();
+    assert_eq!(r.m.usage(), crate::mounter::Usage::default());
+}
+
+#[tokio::test]
+async fn the_configured_program_not_the_name_s3fs_is_what_start_adopt_and_sweep_take_as_ours() {
+    // `--s3fs s3fs-alt`: a process running the file `s3fs` is not ours, whatever it names.
+    let alt = |r: &Rig| {
+        S3fsMounter::with_sys(
+            S3fsConfig {
+                program: "s3fs-alt".into(),
+                ..Rig::cfg(r.dir.path(), T)
+            },
+            r.sys.clone(),
+        )
+    };
+    let mut r = Rig::new(T);
+    r.m = alt(&r);
+    let f = r.fake();
+    // Start: an s3fs of the configured program in the way is ours and stopped; one of the
+    // file `s3fs` is left alone.
+    let spec = r.spec("v", B);
+    let path = r.shared(&r.m.shared_name(&spec));
+    let in_the_way = f.add_process("s3fs-alt", &["bkt", path.to_str().unwrap()]);
+    let literal = f.add_process("s3fs", &["bkt", path.to_str().unwrap()]);
+    let name = r.m.mount(&spec).await.unwrap();
+    assert_eq!(f.state(in_the_way), Some(State::Dead));
+    assert!(!f.signalled(literal));
+    let pid = f
+        .live_pids()
+        .into_iter()
+        .find(|p| ![literal, in_the_way].contains(p))
+        .unwrap();
+    // Adopt: a restart with the same program adopts it; one that takes `s3fs` for its own
+    // does not (once the process of the file `s3fs` naming the mount, its own, is gone).
+    assert_eq!(
+        alt(&r).adopt(&r.target("v"), Some(&name)).await,
+        Adoption::Live {
+            shared: name.clone()
+        }
+    );
+    f.set_state(literal, State::Dead);
+    assert_eq!(
+        r.restarted().adopt(&r.target("v"), None).await,
+        Adoption::Dead
+    );
+    // Sweep: only the configured program's strays and shared mounts are stopped.
+    let stray = r.shared("default-stray-9");
+    let p_alt = f.add_process("s3fs-alt", &["stray", stray.to_str().unwrap()]);
+    let p_lit = f.add_process("s3fs", &["stray", stray.to_str().unwrap()]);
+    let old = r.shared("default-old-9");
+    let p_old = f.add_process("s3fs-alt", &["old", old.to_str().unwrap()]);
+    f.add_mount(&old, S3FS_TYPE, Some(p_old));
+    alt(&r).sweep(&[r.target("v")]).await;
+    assert_eq!(f.state(p_alt), Some(State::Dead));
+    assert!(f.signalled(p_alt));
+    assert!(!f.signalled(p_lit) && f.state(p_lit) == Some(State::Running));
+    assert!(!f.is_mounted(&old));
+    assert_eq!(f.state(p_old), Some(State::Dead));
+    assert_eq!(f.state(pid), Some(State::Running));
+    assert!(f.is_mounted(&r.target("v")));
+}

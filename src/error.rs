@@ -58,11 +58,6 @@ pub enum Error {
     /// The task a call ran in ended without an answer (it panicked, or was cancelled).
     #[error("internal error in bai-s3: the call did not finish: {0}")]
     CallUnfinished(#[from] tokio::task::JoinError),
-    /// An internal failure described in words: kept for the callers that build it that way
-    /// (the server's `detached`, until it hands over its `JoinError` as
-    /// [`Error::CallUnfinished`]).
-    #[error("internal error in bai-s3: {0}")]
-    Internal(String),
     /// One outcome given to several callers (the Mount attempt a queue of callers shares):
     /// it reads, and chains its causes, as the error itself.
     #[error(transparent)]

@@ -5,7 +5,6 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_s3::config::http::HttpResponse;
@@ -21,7 +20,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Why a bucket check failed: the three usual causes (missing, denied, unreachable) told
 /// apart, each with what the user can do. `backend` is the backend's name in the backends
 /// file; the endpoint is shown, the keys never.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum BucketError {
     #[error("bucket {bucket:?} does not exist on backend {backend:?} ({endpoint}); create it, or add -o create-bucket=true")]
     Missing {
@@ -82,25 +81,25 @@ pub enum BucketError {
 
 /// Why a backend's TLS client cannot be built: found before any request is sent. The causes
 /// are shared (`Arc`) because a [`BucketError`] is cloned to every caller of one Create.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     #[error("cannot read ca-file {} of the backend: {source}", .path.display())]
     CaFile {
         path: PathBuf,
         #[source]
-        source: Arc<std::io::Error>,
+        source: std::io::Error,
     },
     /// The TLS client would panic on it (it `expect`s every certificate to parse).
     #[error("ca-file {} of the backend holds no usable CA certificate: {source}; give a PEM file of CA certificates", .path.display())]
     CaCertificates {
         path: PathBuf,
         #[source]
-        source: Arc<CaProblem>,
+        source: CaProblem,
     },
     #[error("invalid TLS settings of the backend: {source}")]
     Tls {
         #[source]
-        source: Arc<aws_smithy_http_client::HttpClientError>,
+        source: aws_smithy_http_client::HttpClientError,
     },
 }
 
@@ -143,20 +142,18 @@ fn http_client(backend: &Backend) -> Result<aws_sdk_s3::config::SharedHttpClient
     if let Some(ca) = &backend.ca_file {
         let pem = std::fs::read(ca).map_err(|e| SettingsError::CaFile {
             path: ca.clone(),
-            source: Arc::new(e),
+            source: e,
         })?;
         check_ca_pem(&pem).map_err(|problem| SettingsError::CaCertificates {
             path: ca.clone(),
-            source: Arc::new(problem),
+            source: problem,
         })?;
         trust = trust.with_pem_certificate(pem);
     }
     let ctx = TlsContext::builder()
         .with_trust_store(trust)
         .build()
-        .map_err(|e| SettingsError::Tls {
-            source: Arc::new(e),
-        })?;
+        .map_err(|e| SettingsError::Tls { source: e })?;
     Ok(aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
         .tls_context(ctx)
@@ -398,7 +395,7 @@ mod tests {
         );
         let io = std::error::Error::source(&err)
             .and_then(|e| e.source())
-            .and_then(|e| e.downcast_ref::<Arc<std::io::Error>>());
+            .and_then(|e| e.downcast_ref::<std::io::Error>());
         assert_eq!(io.map(|e| e.kind()), Some(std::io::ErrorKind::NotFound));
     }
 }

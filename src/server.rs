@@ -375,7 +375,7 @@ async fn detached<T: Send + 'static>(
 ) -> Result<T, Error> {
     tokio::spawn(call)
         .await
-        .unwrap_or_else(|e| Err(Error::Internal(format!("the call did not finish: {e}"))))
+        .unwrap_or_else(|e| Err(Error::CallUnfinished(e)))
 }
 
 fn to_protocol(v: VolumeInfo) -> Volume {

@@ -252,7 +252,7 @@ mod tests {
             (
                 MountError::Spawn {
                     program: "s3fs".into(),
-                    error: std::io::Error::other("No such file").into(),
+                    error: std::io::Error::other("No such file"),
                 },
                 "s3fs",
             ),

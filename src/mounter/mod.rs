@@ -17,7 +17,6 @@ pub mod fakesys;
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backends::Backend;
@@ -61,14 +60,13 @@ impl Health {
 /// Why a mount or unmount failed: each kind carries what the person who ran the container
 /// needs to act on it, and says whose part failed ([`MountError::cause`]), so that nothing
 /// downstream has to read the words.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum MountError {
     #[error("cannot start {program}: {error} (is s3fs installed?)")]
     Spawn {
         program: String,
-        /// Shared: the error is not `Clone`, a Mount's outcome is.
         #[source]
-        error: Arc<std::io::Error>,
+        error: std::io::Error,
     },
     /// `said` is the tail of s3fs's own log: the reason (wrong keys, no such bucket) is there.
     #[error("s3fs exited before the mount was ready: {said}")]
@@ -116,7 +114,7 @@ pub enum MountError {
     Host {
         doing: String,
         #[source]
-        error: Arc<dyn std::error::Error + Send + Sync>,
+        error: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error(transparent)]
     Table(#[from] sys::TableError),
@@ -167,7 +165,7 @@ impl MountError {
     ) -> Self {
         MountError::Host {
             doing: doing.into(),
-            error: Arc::from(error.into()),
+            error: error.into(),
         }
     }
 }
@@ -251,15 +249,13 @@ mod tests {
     fn causes_are_kept_as_sources_and_the_words_stay() {
         let e = MountError::Spawn {
             program: "s3fs".into(),
-            error: Arc::new(std::io::Error::from_raw_os_error(nix::libc::ENOENT)),
+            error: std::io::Error::from_raw_os_error(nix::libc::ENOENT),
         };
         assert_eq!(
             e.to_string(),
             "cannot start s3fs: No such file or directory (os error 2) (is s3fs installed?)"
         );
-        let io = e
-            .source()
-            .and_then(|s| s.downcast_ref::<Arc<std::io::Error>>());
+        let io = e.source().and_then(|s| s.downcast_ref::<std::io::Error>());
         assert_eq!(io.map(|e| e.kind()), Some(std::io::ErrorKind::NotFound));
 
         let e = MountError::host(
@@ -270,11 +266,7 @@ mod tests {
             e.to_string(),
             "cannot open the mount root: permission denied"
         );
-        // Shared in an Arc (a Mount's outcome is `Clone`): the io::Error is inside it.
-        let io = e
-            .source()
-            .and_then(|s| s.downcast_ref::<Arc<dyn std::error::Error + Send + Sync>>())
-            .and_then(|s| s.downcast_ref::<std::io::Error>());
+        let io = e.source().and_then(|s| s.downcast_ref::<std::io::Error>());
         assert_eq!(
             io.map(|e| e.kind()),
             Some(std::io::ErrorKind::PermissionDenied)

@@ -41,7 +41,7 @@ pub fn open_prefix(
 }
 
 /// A prefix that could not be resolved inside its bucket, and where the walk stopped.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 #[error("{}", explain(.error, .bucket, .prefix, *.read_only))]
 pub struct PrefixError {
     pub bucket: String,

@@ -19,7 +19,6 @@ use tokio::process::Command;
 use super::{resolve, MountError};
 use crate::fsutil::{fd_path, open_beneath, open_dir, BeneathError, DirError};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use std::sync::Arc;
 
 /// One line of `/proc/self/mountinfo`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,7 +77,7 @@ pub fn mount_at(table: &[MountEntry], path: &Path) -> Option<MountEntry> {
 
 /// A change to the mount table that could not be made, with the paths a person knows (not the
 /// `/proc/self/fd` names the change was made through).
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum TableError {
     #[error("bind mount of {} on {} failed: {}", .from.display(), .onto.display(), .errno.desc())]
     Bind {
@@ -111,12 +110,11 @@ pub enum TableError {
         #[source]
         errno: Errno,
     },
-    /// A folder of the daemon's own (the staging folder of read-only binds) could not be used
-    /// (shared: the error is not `Clone`, a Mount's outcome is).
+    /// A folder of the daemon's own (the staging folder of read-only binds) could not be used.
     #[error("{error}")]
     Folder {
         #[source]
-        error: Arc<DirError>,
+        error: DirError,
     },
     /// The staging folder of a read-only bind could not be made in `stage_root`.
     #[error("cannot make staging folder in {}: {error}", .stage_root.display())]
@@ -193,7 +191,7 @@ fn bind(
         return bind_once(&src, &dst, shown);
     };
     make_private_mount(stage_root)?;
-    let root_fd = open_dir(stage_root).map_err(|e| TableError::Folder { error: Arc::new(e) })?;
+    let root_fd = open_dir(stage_root).map_err(|e| TableError::Folder { error: e })?;
     // A staging bind a crashed run left would hide the folder itself.
     let stage = stage_root.join(volume);
     let _ = unmount(&stage);
@@ -220,7 +218,7 @@ fn bind(
 /// of its own with private propagation, so mounts made inside it are seen nowhere else, and
 /// with nosuid and nodev, as every mount the daemon makes.
 fn make_private_mount(dir: &Path) -> Result<(), TableError> {
-    let fd = open_dir(dir).map_err(|e| TableError::Folder { error: Arc::new(e) })?;
+    let fd = open_dir(dir).map_err(|e| TableError::Folder { error: e })?;
     if mount_at(&read_mounts(), dir).is_none() {
         let p = fd_path(fd.as_fd());
         bind_once(&p, &p, (dir, dir))?;
@@ -768,6 +766,16 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = child.id();
+        // spawn returns once exec has closed the child's descriptors, a moment before the
+        // kernel sets up the new argv: until then /proc/PID/cmdline reads empty.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while with_arg(&arg).is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never found by its argument"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         assert_eq!(with_arg(&arg), vec![pid]);
         assert!(Linux.pid_alive(pid));
         assert!(Linux.resident_bytes(pid).is_some_and(|b| b > 0));

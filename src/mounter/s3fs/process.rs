@@ -318,7 +318,7 @@ impl<S: Sys> S3fsMounter<S> {
             let _ = fs::remove_dir(path);
             MountError::Spawn {
                 program: self.cfg.program.clone(),
-                error: Arc::new(e),
+                error: e,
             }
         })?;
         let pid = spawned.pid;

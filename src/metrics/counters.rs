@@ -157,6 +157,8 @@ pub fn failure_cause(e: &Error) -> &'static str {
             Cause::System => "system",
             Cause::Limit => "limit",
         },
+        // A shared outcome has the cause of the error it shares.
+        Error::Shared(inner) => failure_cause(inner),
         _ => "other",
     }
 }
@@ -325,6 +327,8 @@ mod tests {
             source: std::io::Error::other("read-only"),
         };
         assert_eq!(failure_cause(&persist), "state");
+        let shared = Error::Shared(std::sync::Arc::new(persist));
+        assert_eq!(failure_cause(&shared), "state");
         assert_eq!(failure_cause(&Error::ShuttingDown), "other");
         // Every cause in the list can happen: no label is listed that nothing answers.
         seen.extend(["backend", "state", "other"]);

@@ -15,6 +15,8 @@ scripts/deps.sh "${groups[@]}"
 cargo fmt --all -- --check
 (cd fuzz && cargo fmt -- --check)
 cargo clippy --all-targets --locked -- -D warnings
+# Doc comments are where a newcomer reads why: their links must resolve.
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --lib --locked
 # The Python client kit's own tests; its end-to-end tests under dockerd run from
 # tests/e2e_deploy.rs (which sets up the plugin and SeaweedFS they need).
 (cd clients/python && .venv/bin/python -m pytest -q -p no:cacheprovider tests --ignore=tests/e2e)

@@ -145,7 +145,7 @@ impl RecordingSys {
     }
 
     /// A process of `uid` running the file `exe` (a program name, as the mounter's
-    /// configuration gives it) with `args` after its argv[0] (which argv-rewriting makes
+    /// configuration gives it) with `args` after its `argv[0]` (which argv-rewriting makes
     /// anything, so the fake does not keep it); its PID.
     pub fn add_process_as(&self, uid: u32, exe: &str, args: &[&str]) -> u32 {
         let mut t = self.lock();

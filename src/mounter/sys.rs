@@ -263,8 +263,8 @@ fn unmount(path: &Path) -> Result<(), TableError> {
     }
 }
 
-/// Live (not zombie) processes with an argument (after argv[0]) for which `pick` returns
-/// something, and that something; only those whose argv[0] is named `program` when given.
+/// Live (not zombie) processes with an argument (after `argv[0]`) for which `pick` returns
+/// something, and that something; only those whose `argv[0]` is named `program` when given.
 /// Argv is the process's own to rewrite: what this finds are candidates, never proof (see
 /// [`our_s3fs`]).
 fn scan_args<T>(program: Option<&str>, pick: &dyn Fn(&Path) -> Option<T>) -> Vec<(u32, T)> {
@@ -306,7 +306,7 @@ pub struct ProcInfo {
     /// Where the executable was when it was started (`/proc/PID/exe` read as a link); ends in
     /// ` (deleted)` once that file was replaced (an upgraded s3fs package).
     pub exe_path: PathBuf,
-    /// The arguments after argv[0].
+    /// The arguments after `argv[0]`.
     pub args: Vec<std::ffi::OsString>,
 }
 
@@ -472,7 +472,7 @@ impl<P> Found<P> {
 #[derive(Debug, Clone)]
 pub struct Owner {
     pub uid: u32,
-    /// The configured s3fs program (see [`program_file`]); None when it cannot be found, and
+    /// The configured s3fs program (see [`Sys::program_file`]); None when it cannot be found, and
     /// then no process is ours.
     pub exe: Option<(FileId, PathBuf)>,
 }
@@ -552,7 +552,7 @@ pub struct Spawned<P = Pidfd> {
     pub exited: Pin<Box<dyn Future<Output = std::io::Result<ExitStatus>> + Send>>,
 }
 
-/// A volume's bind: `source` onto `target` (see [`bind`] for `shown` and `read_only`), then
+/// A volume's bind: `source` onto `target` (see `bind` in this module for `shown` and `read_only`), then
 /// the check that the new mount at `view.0` is a view of the s3fs mounted at `view.1` of
 /// exactly the prefix `view.2` (see [`resolve::check_view`]); a wrong bind is undone.
 pub struct BindView<'a> {
@@ -587,7 +587,7 @@ pub trait Sys: Send + Sync + 'static {
     fn fuse_ready(&self, path: &Path) -> bool;
     /// Start the (already configured) s3fs command.
     fn spawn(&self, cmd: Command) -> std::io::Result<Spawned<Self::Pidfd>>;
-    /// Live processes, whatever their argv[0], with an argument `pick` accepts: candidates
+    /// Live processes, whatever their `argv[0]`, with an argument `pick` accepts: candidates
     /// only, to be proven with [`prove`].
     fn processes_with_arg<T>(&self, pick: &dyn Fn(&Path) -> Option<T>) -> Vec<(u32, T)>;
     /// What the kernel says about `pid` (see [`ProcInfo`]); None when it is gone.

@@ -472,7 +472,7 @@ async fn a_read_only_bind_of_a_writable_s3fs_left_by_an_older_version_is_adopted
     assert_eq!(m2.health(&r.target("w")), Health::Ok);
 }
 
-/// Processes that name a shared mount in their arguments (argv[0] is theirs to make `s3fs`)
+/// Processes that name a shared mount in their arguments (`argv[0]` is theirs to make `s3fs`)
 /// but that the kernel says are not bai-s3's s3fs: one of another uid running the s3fs
 /// program, one of root running another program.
 fn impostors(r: &Rig, path: &Path) -> [u32; 2] {

@@ -247,14 +247,19 @@ fn docker26_managed_plugin_create_enable_disable() {
     let _gone = Gone(e);
     let sock = format!("unix://{}", root.join("run/docker26.sock").display());
     build_plugin(&sock, NAME, None);
-    e.ok(&[
-        "plugin",
-        "set",
-        NAME,
-        &format!("config.source={}", inside(&config)),
-        &format!("state.source={}", inside(&state)),
-    ]);
-    e.ok(&["plugin", "enable", NAME]);
+    // The plugin's mount sources are the test's folders (the manifest's defaults are the
+    // host's); they are set again after an upgrade.
+    let set_sources_and_enable = || {
+        e.ok(&[
+            "plugin",
+            "set",
+            NAME,
+            &format!("config.source={}", inside(&config)),
+            &format!("state.source={}", inside(&state)),
+        ]);
+        e.ok(&["plugin", "enable", NAME]);
+    };
+    set_sources_and_enable();
     let ls = e.ok(&["plugin", "ls", "--format", "{{.Name}} {{.Enabled}}"]);
     assert!(ls.contains(&format!("{NAME}:latest true")), "{ls}");
 
@@ -327,14 +332,7 @@ fn docker26_managed_plugin_create_enable_disable() {
     assert!(upgraded.contains("Upgraded plugin"), "{upgraded}");
     // As Docker 20.10 (README, Upgrades): the new version starts with the manifest's default
     // mount sources until they are set again.
-    e.ok(&[
-        "plugin",
-        "set",
-        NAME,
-        &format!("config.source={}", inside(&config)),
-        &format!("state.source={}", inside(&state)),
-    ]);
-    e.ok(&["plugin", "enable", NAME]);
+    set_sources_and_enable();
     let desc = e.ok(&["plugin", "inspect", "-f", "{{.Config.Description}}", NAME]);
     assert!(
         desc.starts_with("bai-s3 2.0.0-e2e: "),

@@ -8,7 +8,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::support::*;
-use crate::{assert_lines_in_bucket, root_s3fs, wait_adopted, Writer};
+use crate::{root_s3fs, wait_adopted, Writer};
 
 /// A process of uid 65534 (nobody) that dresses itself up as the s3fs of a shared mount: it
 /// overwrites its own argv (through /proc/self/mem, as any program may) to `s3fs <path>`.
@@ -212,9 +212,7 @@ fn an_argv_rewriting_impostor_of_another_uid_is_never_adopted_nor_signalled() {
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     unmount_ok(&d, &vol, &id2);
     assert_eq!(root_s3fs(&d), real);
-    let n = writer.finish();
-    unmount_ok(&d, &vol, &id);
-    assert_lines_in_bucket(s3, &bucket, "job.log", n);
+    writer.finish_into(&d, (&vol, &id), s3, (&bucket, "job.log"));
     d.remove(&vol).unwrap();
 }
 
@@ -275,9 +273,7 @@ fn a_respawning_impostor_of_an_unmounted_shared_mount_is_never_signalled() {
         s3.s3().get(&target, "after.txt").unwrap().as_deref(),
         Some(&b"ok"[..])
     );
-    let n = writer.finish();
-    unmount_ok(&d, &vw, &idw);
-    assert_lines_in_bucket(s3, &busy, "job.log", n);
+    writer.finish_into(&d, (&vw, &idw), s3, (&busy, "job.log"));
     for v in [&vw, &vt] {
         d.remove(v).unwrap();
     }

@@ -88,6 +88,20 @@ impl Writer {
         );
     }
 
+    /// Stops the writer, unmounts its volume for `id`, and checks that every line it wrote
+    /// reached `key` in `bucket`.
+    fn finish_into(
+        self,
+        d: &Daemon,
+        (vol, id): (&str, &str),
+        s3: &S3Server,
+        (bucket, key): (&str, &str),
+    ) {
+        let n = self.finish();
+        unmount_ok(d, vol, id);
+        assert_lines_in_bucket(s3, bucket, key, n);
+    }
+
     /// Stops, closes the file, and returns how many lines were written and fsync'd.
     fn finish(mut self) -> usize {
         self.stop.store(true, Ordering::Release);

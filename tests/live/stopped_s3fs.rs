@@ -9,7 +9,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::support::*;
-use crate::{assert_lines_in_bucket, root_s3fs, wait_adopted, Writer};
+use crate::{root_s3fs, wait_adopted, Writer};
 
 #[test]
 #[cfg_attr(not(bai_s3_integration), ignore = "needs root, FUSE, s3fs, SeaweedFS")]
@@ -56,9 +56,7 @@ fn a_slow_s3fs_is_shown_slow_and_left_alone() {
     assert!(is_mountpoint(&mp));
     assert_eq!(d.s3fs_pids(), pids);
     writer.wait_more(3, "after the stop");
-    let n = writer.finish();
-    unmount_ok(&d, &vol, &id);
-    assert_lines_in_bucket(s3, &bucket, "job.log", n);
+    writer.finish_into(&d, (&vol, &id), s3, (&bucket, "job.log"));
     d.remove(&vol).unwrap();
 }
 
@@ -258,9 +256,7 @@ fn a_stopped_s3fs_never_grows_the_daemons_threads() {
     for v in vols.iter().chain([&other]) {
         wait_adopted(&d, v, 1);
     }
-    let n = writer.finish();
-    unmount_ok(&d, &other, &ido);
-    assert_lines_in_bucket(s3, &b2, "job.log", n);
+    writer.finish_into(&d, (&other, &ido), s3, (&b2, "job.log"));
     for (v, id) in vols.iter().zip(&ids) {
         unmount_ok(&d, v, id);
     }

@@ -34,7 +34,7 @@ fn table(d: &Daemon) -> Vec<String> {
                 || !m
                     .mount_point
                     .to_string_lossy()
-                    .starts_with("/tmp/bai-s3-test-")
+                    .starts_with(&format!("/tmp/{TEST_DIR_PREFIX}"))
         })
         .map(|m| format!("{} {}", m.mount_point.display(), m.fs_type))
         .collect()

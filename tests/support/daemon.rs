@@ -113,7 +113,7 @@ impl Daemon {
 
     fn start_rooted(root: Option<&Path>, backends: &[Backend], extra_args: &[&str]) -> Daemon {
         let mut b = tempfile::Builder::new();
-        b.prefix("bai-s3-test-");
+        b.prefix(TEST_DIR_PREFIX);
         let tmp = match root {
             Some(r) => {
                 let bin = r.join("usr/local/bin/bai-s3");

@@ -9,6 +9,18 @@ use std::time::{Duration, Instant};
 /// The uid and gid of `nobody`, for a client or process that is a local user without privilege.
 pub const NOBODY: u32 = 65534;
 
+/// The name every test's own folder starts with, in `/tmp`: checks of the host's mount table
+/// leave `/tmp/bai-s3-test-*` out, since tests running in parallel mount in theirs.
+pub const TEST_DIR_PREFIX: &str = "bai-s3-test-";
+
+/// A fresh folder of the test's own (see [`TEST_DIR_PREFIX`]), removed when dropped.
+pub fn test_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(TEST_DIR_PREFIX)
+        .tempdir()
+        .expect("a test folder in /tmp")
+}
+
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
